@@ -1,0 +1,3 @@
+from modelrunner.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""modelrunner.shim"""
