@@ -98,9 +98,10 @@ class RunningDaemon:
     gpus: GpuInventory
 
 
-def _short_enough_for_sockets(state_dir: Path) -> None:
-    # runners/<64-hex id>/engine/engine.sock must fit a Unix socket path (108 bytes).
-    longest = state_dir / "runners" / ("x" * 40) / "engine" / "engine.sock"
+def check_state_dir(state_dir: Path) -> None:
+    """Raises ValueError when engine socket paths under ``state_dir`` would be too long."""
+    # runners/<id like llamacpp-0123456789ab>/engine/engine.sock must fit a Unix socket path (108 bytes).
+    longest = state_dir / "runners" / ("x" * 24) / "engine" / "engine.sock"
     if len(os.fsencode(longest)) > 107:
         raise ValueError(f"state dir {state_dir} is too long for engine socket paths; choose a shorter one")
 
@@ -109,7 +110,7 @@ def _short_enough_for_sockets(state_dir: Path) -> None:
 async def open_daemon(settings: DaemonSettings) -> AsyncIterator[RunningDaemon]:
     """Start every part of the daemon; leaving the block shuts it down in reverse order."""
     state_dir = settings.state_dir.resolve()
-    _short_enough_for_sockets(state_dir)
+    check_state_dir(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
     async with AsyncExitStack() as stack:
         if settings.containerd_address:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import trio
 from modelrunner.cli._errors import CLIError
-from modelrunner.cli.daemon import SERVICE_LOG_NAME, DaemonSettings, run_daemon
+from modelrunner.cli.daemon import SERVICE_LOG_NAME, DaemonSettings, check_state_dir, run_daemon
 from modelrunner.shim.errors import ContainerdError
 
 
@@ -56,6 +56,10 @@ def configure_logging(level: str, state_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    try:
+        check_state_dir(settings.state_dir)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     configure_logging(str(args.log_level), settings.state_dir)
     if os.geteuid() != 0:
         logging.getLogger("modelrunner.daemon").warning(

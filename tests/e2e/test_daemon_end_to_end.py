@@ -1,0 +1,111 @@
+"""The whole product as a user meets it: `modelrunner serve` with its embedded containerd, the CLI,
+the official openai SDK, the Unix socket, and a restart that re-adopts running engines."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import httpx
+import openai
+import pytest
+import testmodels
+
+from tests.e2e.daemon import Daemon
+
+pytestmark = pytest.mark.integration
+
+
+def test_cli_package_list_run_ps_unload(daemon: Daemon, packaged: dict[str, str]) -> None:
+    cli = daemon.cli()
+    listed = cli("ls", "-q")
+    assert listed.returncode == 0
+    assert {model_id.split(":")[1][:12] for model_id in packaged.values()} <= set(listed.stdout.split())
+
+    reply = cli("run", "ai/e2e-chat", "Who are you?")
+    assert reply.returncode == 0, reply.stderr
+    assert reply.stdout.strip() == testmodels.CHAT_REPLY
+
+    ps = cli("ps")
+    assert "e2e-chat" in ps.stdout and "llama.cpp" in ps.stdout and "completion" in ps.stdout
+    # The engine is a containerd task in the daemon's own containerd, visible to ctr.
+    assert len(daemon.ctr_rows("tasks", "ls", "-q")) == 1
+
+    assert cli("unload", "--all").returncode == 0
+    assert "e2e-chat" not in cli("ps").stdout
+    assert daemon.ctr_rows("tasks", "ls", "-q") == []
+
+
+def test_openai_sdk_chat_stream_tools_embeddings(daemon: Daemon, packaged: dict[str, str]) -> None:
+    client = openai.OpenAI(base_url=f"{daemon.url}/engines/v1", api_key="unused", max_retries=0)
+    # As DMR: the OpenAI id is the first stored tag in its canonical form.
+    listed = {model.id for model in client.models.list()}
+    assert {f"docker.io/ai/e2e-{name}:latest" for name in ("chat", "tool", "embed")} <= listed
+
+    chat = client.chat.completions.create(
+        model="ai/e2e-chat", messages=[{"role": "user", "content": "Hi there"}]
+    )
+    assert chat.choices[0].message.content == testmodels.CHAT_REPLY
+    assert chat.choices[0].finish_reason == "stop"
+    assert chat.model == "ai/e2e-chat"
+    assert chat.usage is not None
+    assert chat.usage.completion_tokens == testmodels.CHAT_REPLY_COMPLETION_TOKENS
+
+    stream = client.chat.completions.create(
+        model="ai/e2e-chat", messages=[{"role": "user", "content": "Hi"}], stream=True
+    )
+    deltas = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert "".join(deltas) == testmodels.CHAT_REPLY
+    assert len(deltas) > 1
+
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    tool_reply = client.chat.completions.create(
+        model="ai/e2e-tool", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=tools  # type: ignore[arg-type]
+    )
+    (call,) = tool_reply.choices[0].message.tool_calls or []
+    assert call.function.name == testmodels.TOOL_CALL_NAME  # type: ignore[union-attr]
+    assert json.loads(call.function.arguments) == testmodels.TOOL_CALL_ARGUMENTS  # type: ignore[union-attr]
+
+    first = client.embeddings.create(model="ai/e2e-embed", input=["a cat sits on the mat"])
+    second = client.embeddings.create(model="ai/e2e-embed", input=["a cat sits on the mat"])
+    assert len(first.data[0].embedding) == testmodels.EMBEDDING_DIM
+    assert first.data[0].embedding == second.data[0].embedding
+
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="ai/not-there", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="", messages=[{"role": "user", "content": "x"}])
+
+
+def test_unix_socket_serves_the_same_api(daemon: Daemon, packaged: dict[str, str]) -> None:
+    transport = httpx.HTTPTransport(uds=str(daemon.socket))
+    with httpx.Client(transport=transport, base_url="http://localhost") as http:
+        models = http.get("/models").json()
+        assert {m["id"] for m in models} >= set(packaged.values())
+        reply = http.post("/engines/llama.cpp/v1/chat/completions", json={
+            "model": "ai/e2e-chat", "messages": [{"role": "user", "content": "hi"}]})
+        assert reply.status_code == 200
+        assert reply.json()["choices"][0]["message"]["content"] == testmodels.CHAT_REPLY
+
+
+def test_kill_9_restart_readopts_engine_and_leaks_nothing(daemon: Daemon, packaged: dict[str, str]) -> None:
+    cli = daemon.cli()
+    assert cli("unload", "--all").returncode == 0
+    assert cli("run", "ai/e2e-chat", "hello").stdout.strip() == testmodels.CHAT_REPLY
+    (task_before,) = daemon.ctr_rows("tasks", "ls", "-q")
+
+    daemon.stop(signal.SIGKILL)
+    daemon.start()
+
+    # The running engine was adopted, not reloaded: same task, and it answers at once.
+    assert daemon.ctr_rows("tasks", "ls", "-q") == [task_before]
+    assert "e2e-chat" in cli("ps").stdout
+    assert cli("run", "ai/e2e-chat", "again").stdout.strip() == testmodels.CHAT_REPLY
+    assert daemon.ctr_rows("tasks", "ls", "-q") == [task_before]
+
+    assert cli("unload", "--all").returncode == 0
+    assert daemon.ctr_rows("tasks", "ls", "-q") == []
+    assert daemon.ctr_rows("containers", "ls", "-q") == []
+    assert [row for row in daemon.ctr_rows("snapshots", "ls") if "View" in row] == []
