@@ -84,6 +84,11 @@ class StoreResolver:
             gguf_path=gguf if gguf.exists() else None,
         )
 
+    def disk_usage(self) -> int:
+        """Bytes of verified blobs in the store (`/engines/df`'s models row); bundles are hard links."""
+        blobs = self.store.root / "blobs"
+        return sum(entry.stat().st_size for entry in blobs.rglob("*") if entry.is_file())
+
 
 @dataclass
 class RunningDaemon:
