@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.registry",
     "tests.fixtures.containerd",
+    "tests.fixtures.images",
 ]
