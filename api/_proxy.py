@@ -1,0 +1,234 @@
+"""The inference proxy: the hot path from a client request to a runner's Unix socket and back.
+
+One request:
+
+1. read the body (at most `body_limit`, DMR's 10 MiB) and take `model` from it (`requested_model`);
+2. `scheduler.acquire(model, mode, backend)`, which finds, loads or queues for the runner; a client
+   that disconnects while waiting leaves the queue (the wait runs under `cancel_on_disconnect`);
+3. forward the *original body bytes* to the runner with the path trimmed to `/v1/...` (or
+   `/rerank`, `/score`), `Host: localhost` and `Content-Length`, over the runner's keep-alive pool;
+4. pass the answer back: status and headers (minus hop-by-hop ones and the engine's CORS header);
+   a JSON body gets its `model` rewritten to the name the client asked for, and engine 500s that are
+   really bad requests become 400; an SSE stream is forwarded event by event as each event
+   completes, each event's `model` rewritten the same way;
+5. the lease, and with it the runner's in-use count, is held until the last byte is sent or the
+   client is gone; a client that disconnects mid-stream closes the engine connection, which makes
+   llama-server stop generating.
+
+An engine connection that fails before the response started answers 502 (the runner is reported
+broken to the scheduler when its socket is gone or the connection broke); after the response
+started, the client connection is dropped so a truncated body is never taken for a complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import trio
+from modelrunner.api._errors import ApiError
+from modelrunner.api._http import BodyTooLarge, ClientDisconnected, Exchange
+from modelrunner.api._metrics import ApiMetrics
+from modelrunner.api._openai import classify_engine_error, requested_model
+from modelrunner.api._routing import Route
+from modelrunner.api._sse import SSEFramer, encode_model_name, rewrite_model
+from modelrunner.api._upstream import (
+    PoolSet,
+    UnixConnectionPool,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResponse,
+)
+from modelrunner.api.ports import BackendsPort, LeasePort, SchedulerPort
+
+__all__ = ["InferenceProxy", "engine_slots", "filter_response_headers", "upstream_request_headers"]
+
+log = logging.getLogger("modelrunner.api.proxy")
+
+_PROPS_TIMEOUT = 2.0
+
+Headers = list[tuple[bytes, bytes]]
+
+# Hop-by-hop headers (RFC 9110 §7.6.1) and ones the proxy sets itself.
+_DROP_REQUEST = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        b"expect",
+        # The proxy rewrites `model` in response bodies, so it asks for them uncompressed.
+        b"accept-encoding",
+    }
+)
+_DROP_RESPONSE = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        # DMR strips the engine's CORS answer; ours is added from the daemon's own policy.
+        b"access-control-allow-origin",
+        b"access-control-allow-credentials",
+        b"access-control-allow-methods",
+        b"access-control-allow-headers",
+        b"access-control-expose-headers",
+    }
+)
+
+
+def upstream_request_headers(client_headers: Headers) -> Headers:
+    """The client's end-to-end headers plus `Host: localhost` (content-length is added by the pool)."""
+    headers: Headers = [(b"host", b"localhost")]
+    headers.extend((name, value) for name, value in client_headers if name not in _DROP_REQUEST)
+    return headers
+
+
+def filter_response_headers(engine_headers: Headers) -> Headers:
+    return [(name, value) for name, value in engine_headers if name not in _DROP_RESPONSE]
+
+
+def engine_slots(props: bytes) -> int | None:
+    """`total_slots` from llama-server's `GET /props` body, or None."""
+    try:
+        slots = json.loads(props).get("total_slots")
+    except (ValueError, AttributeError):
+        return None
+    return slots if isinstance(slots, int) and not isinstance(slots, bool) and slots > 0 else None
+
+
+@dataclass
+class InferenceProxy:
+    scheduler: SchedulerPort
+    backends: BackendsPort
+    pools: PoolSet
+    metrics: ApiMetrics
+    body_limit: int = 10 << 20
+    max_connections: int = 16
+    """Connections per runner at most; for llama.cpp, its slot count when lower."""
+
+    async def handle(self, ex: Exchange, route: Route, query: str, extra_headers: Headers) -> None:
+        """Serve one inference request; raises ApiError for answers in the route's error style."""
+        if route.backend is not None and route.backend not in self.backends.names():
+            known = ", ".join(self.backends.names())
+            raise ApiError(404, f"backend not found: {route.backend!r} (known backends: {known})")
+        try:
+            body = await ex.read_body(self.body_limit)
+        except BodyTooLarge:
+            raise ApiError(
+                400, f"request too large: the body exceeds {self.body_limit} bytes", close=True
+            ) from None
+        model = requested_model(body)
+        assert route.mode is not None
+        preload_only = (ex.header(b"x-preload-only") or b"").strip().lower() == b"true"
+        target = route.upstream_path + ("?" + query if query else "")
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            async with (
+                ex.cancel_on_disconnect(),
+                self.scheduler.acquire(model, route.mode, route.backend) as lease,
+            ):
+                if preload_only:
+                    await ex.respond(200, list(extra_headers))
+                else:
+                    await self._forward(ex, lease, target.encode("latin-1"), body, model, extra_headers)
+                outcome = "ok"
+            if ex.client_gone:
+                outcome = "client_gone"
+        finally:
+            self.metrics.observe_inference(
+                route.mode.value, outcome, ex.status, time.perf_counter() - started
+            )
+
+    async def _forward(
+        self, ex: Exchange, lease: LeasePort, target: bytes, body: bytes, model: str, extra_headers: Headers
+    ) -> None:
+        pool = self.pools.get(lease.socket_path)
+        headers = upstream_request_headers(ex.headers)
+        try:
+            if not pool.capacity_known:
+                await self._learn_capacity(pool, lease.backend)
+            async with pool.request(b"POST", target, headers, body) as response:
+                content_type = response.header(b"content-type") or b""
+                if content_type.startswith(b"text/event-stream"):
+                    await self._stream(ex, response, model, extra_headers)
+                else:
+                    await self._relay(ex, response, model, extra_headers, content_type)
+        except UpstreamConnectError as exc:
+            lease.mark_broken(str(exc))
+            await self.pools.discard(lease.socket_path)
+            raise ApiError(502, f"the engine for {model!r} is not reachable: {exc}") from exc
+        except UpstreamError as exc:
+            lease.mark_broken(str(exc))
+            if ex.response_started:
+                raise ClientDisconnected(f"engine failed mid-response: {exc}") from exc
+            raise ApiError(502, f"the engine for {model!r} failed: {exc}") from exc
+
+    async def _learn_capacity(self, pool: UnixConnectionPool, backend: str) -> None:
+        """Bound the pool by the engine's parallel slots (llama-server's `total_slots`), once."""
+        async with pool.capacity_lock:
+            if pool.capacity_known:
+                return
+            slots = None
+            if backend == "llama.cpp":
+                with trio.move_on_after(_PROPS_TIMEOUT):
+                    async with pool.request(
+                        b"GET", b"/props", [(b"host", b"localhost")], extra=True
+                    ) as props:
+                        body = await props.read()
+                    if props.status == 200:
+                        slots = engine_slots(body)
+            limit = min(slots, self.max_connections) if slots else self.max_connections
+            log.debug("engine at %s: %s connections at most", pool.socket_path, limit)
+            pool.set_capacity(limit)
+
+    async def _relay(
+        self,
+        ex: Exchange,
+        response: UpstreamResponse,
+        model: str,
+        extra_headers: Headers,
+        content_type: bytes,
+    ) -> None:
+        data = await response.read()
+        status = response.status
+        if content_type.startswith(b"application/json"):
+            fixed = classify_engine_error(status, data)
+            if fixed is not None:
+                status, data = fixed
+            else:
+                data = rewrite_model(data, encode_model_name(model))
+        await ex.respond(status, [*filter_response_headers(response.headers), *extra_headers], data)
+
+    async def _stream(
+        self, ex: Exchange, response: UpstreamResponse, model: str, extra_headers: Headers
+    ) -> None:
+        literal = encode_model_name(model)
+        framer = SSEFramer()
+        await ex.start_response(response.status, [*filter_response_headers(response.headers), *extra_headers])
+        while True:
+            chunk = await response.receive()
+            if not chunk:
+                break
+            events = framer.feed(chunk)
+            if not events:
+                continue
+            out = b"".join([rewrite_model(event, literal) for event in events])
+            await ex.send(out)
+        rest = framer.flush()
+        if rest:
+            await ex.send(rewrite_model(rest, literal))
+        await ex.end_response()

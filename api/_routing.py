@@ -1,0 +1,294 @@
+"""Routing: request line in, a `Route` value out. Pure; no I/O.
+
+Theory of operation. Docker Model Runner serves everything from one Go `ServeMux` tree:
+
+* the raw target is split into path and query; the path is percent-decoded, and when it contains
+  `//` it is cleaned like Go's `path.Clean` (DMR's `NormalizedServeMux`). We clean `.` and `..`
+  segments too instead of answering Go's 301 redirect to the clean path;
+* Docker Desktop exposes the same routes under `/exp/vDD4.40` on the Docker socket, so that prefix
+  is stripped;
+* `/v1/...`, `/rerank` and `/score` are internal aliases of `/engines/v1/...`, `/engines/rerank` and
+  `/engines/score`;
+* the `/models` and `/engines` sub-trees end in a catch-all, so an unknown sub-path *or a wrong
+  method* there answers 404 `not found`.
+
+`route()` returns a `Route` naming the handler (`RouteKind`) and the values taken from the path
+(backend, model reference, action, inference mode, upstream path). Whether a backend name is known
+is not decided here: the router has no state.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote
+
+from modelrunner.engines import Mode
+
+__all__ = [
+    "EXPERIMENTAL_PREFIX",
+    "ErrorStyle",
+    "Route",
+    "RouteKind",
+    "clean_path",
+    "parse_query",
+    "route",
+    "split_target",
+]
+
+EXPERIMENTAL_PREFIX = "/exp/vDD4.40"
+
+# OpenAI-style inference paths below `/v1/` and the mode each runs in.
+_V1_INFERENCE: dict[str, Mode] = {
+    "chat/completions": Mode.COMPLETION,
+    "completions": Mode.COMPLETION,
+    "embeddings": Mode.EMBEDDING,
+    # llama-server's native Anthropic endpoints; DMR routes them in completion mode too.
+    "messages": Mode.COMPLETION,
+    "messages/count_tokens": Mode.COMPLETION,
+}
+
+# Non-v1 inference paths directly under /engines[/{backend}].
+_RERANK_PATHS: dict[str, Mode] = {"rerank": Mode.RERANKING, "score": Mode.RERANKING}
+
+
+class RouteKind(enum.Enum):
+    ROOT = "root"
+    VERSION = "version"
+    LOGS = "logs"
+    METRICS = "metrics"
+
+    MODELS_LIST = "models.list"
+    MODELS_CREATE = "models.create"
+    MODELS_LOAD = "models.load"
+    MODELS_PURGE = "models.purge"
+    MODEL_GET = "model.get"
+    MODEL_EXPORT = "model.export"
+    MODEL_DELETE = "model.delete"
+    MODEL_TAG = "model.tag"
+    MODEL_PUSH = "model.push"
+    MODEL_REPACKAGE = "model.repackage"
+    MODEL_UNKNOWN_ACTION = "model.unknown_action"
+
+    ENGINES_STATUS = "engines.status"
+    ENGINES_PS = "engines.ps"
+    ENGINES_DF = "engines.df"
+    ENGINES_UNLOAD = "engines.unload"
+    ENGINES_CONFIGURE = "engines.configure"
+    ENGINES_CONFIGURATIONS = "engines.configurations"
+    ENGINES_INSTALL = "engines.install_backend"
+    ENGINES_UNINSTALL = "engines.uninstall_backend"
+
+    OPENAI_MODELS = "openai.models"
+    OPENAI_MODEL = "openai.model"
+    INFERENCE = "inference"
+
+    NOT_FOUND = "not_found"
+
+
+class ErrorStyle(enum.Enum):
+    """How errors are written for a route: DMR's plain text or OpenAI's JSON object."""
+
+    DMR = "dmr"
+    OPENAI = "openai"
+
+
+# Admin routes under /engines (these names can never be backends): method -> kind.
+_ENGINES_ADMIN: dict[str, dict[str, RouteKind]] = {
+    "status": {"GET": RouteKind.ENGINES_STATUS},
+    "ps": {"GET": RouteKind.ENGINES_PS},
+    "df": {"GET": RouteKind.ENGINES_DF},
+    "unload": {"POST": RouteKind.ENGINES_UNLOAD},
+    "_configure": {"POST": RouteKind.ENGINES_CONFIGURE, "GET": RouteKind.ENGINES_CONFIGURATIONS},
+    "install-backend": {"POST": RouteKind.ENGINES_INSTALL},
+    "uninstall-backend": {"POST": RouteKind.ENGINES_UNINSTALL},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    kind: RouteKind
+    path: str
+    """The normalized path the route was matched on (after prefix stripping and aliases)."""
+    cors: bool = False
+    """Whether DMR's CORS middleware wraps this route (models, engines and their aliases)."""
+    style: ErrorStyle = ErrorStyle.DMR
+    backend: str | None = None
+    """The `/engines/{backend}` segment, None when the path has none (default backend)."""
+    ref: str = ""
+    """Model reference from `/models/{ref...}` or `/v1/models/{name...}`."""
+    action: str = ""
+    """The unknown action of `MODEL_UNKNOWN_ACTION`."""
+    mode: Mode | None = None
+    upstream_path: str = ""
+    """For INFERENCE: the path on the engine, trimmed to start at `/v1/`, `/rerank` or `/score`."""
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """Split a request target into (normalized path, raw query string).
+
+    The path is percent-decoded, cleaned and stripped of DMR's `/exp/vDD4.40` prefix.
+    """
+    raw_path, _, query = target.partition("?")
+    # An absolute-form target (proxies) carries scheme and authority; only the path routes.
+    if raw_path.startswith(("http://", "https://")):
+        after_scheme = raw_path.split("://", 1)[1]
+        slash = after_scheme.find("/")
+        raw_path = after_scheme[slash:] if slash >= 0 else "/"
+    path = unquote(raw_path, errors="replace")
+    path = clean_path(path)
+    if path == EXPERIMENTAL_PREFIX or path.startswith(EXPERIMENTAL_PREFIX + "/"):
+        path = path[len(EXPERIMENTAL_PREFIX) :] or "/"
+    return path, query
+
+
+def clean_path(path: str) -> str:
+    """Go's `path.Clean`, always applied: one slash between segments, `.`/`..` resolved.
+
+    A trailing slash is dropped (except for `/`), as Clean does.
+    """
+    if not path.startswith("/"):
+        path = "/" + path
+    if "//" not in path and "/." not in path and not (len(path) > 1 and path.endswith("/")):
+        return path  # fast path: already clean
+    parts: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(segment)
+    return "/" + "/".join(parts)
+
+
+def parse_query(query: str) -> dict[str, list[str]]:
+    """Query string to name -> values; blank values kept (`?force` means force=``)."""
+    if not query:
+        return {}
+    return parse_qs(query, keep_blank_values=True)
+
+
+def route(method: str, path: str) -> Route:
+    """Match a normalized path (from `split_target`) and method to a route.
+
+    Never raises: anything unknown is `RouteKind.NOT_FOUND` with the error style of its sub-tree.
+    """
+    # Root aliases (DMR rewrites these internally, not by redirect).
+    if path == "/v1" or path.startswith("/v1/") or path in ("/rerank", "/score"):
+        path = "/engines" + path
+
+    if path == "/":
+        return Route(RouteKind.ROOT, path)
+    if path == "/version":
+        return Route(RouteKind.VERSION, path)
+    if path == "/metrics":
+        return Route(RouteKind.METRICS, path)
+    if path == "/logs":
+        if method in ("GET", "HEAD"):
+            return Route(RouteKind.LOGS, path)
+        return Route(RouteKind.NOT_FOUND, path)
+    if path == "/models" or path.startswith("/models/"):
+        return _route_models(method, path)
+    if path == "/engines" or path.startswith("/engines/"):
+        return _route_engines(method, path)
+    return Route(RouteKind.NOT_FOUND, path)
+
+
+def _route_models(method: str, path: str) -> Route:
+    def models(kind: RouteKind, ref: str = "", action: str = "") -> Route:
+        return Route(kind, path, cors=True, ref=ref, action=action)
+
+    rest = path[len("/models") :].lstrip("/")
+    if not rest:
+        return models(RouteKind.MODELS_LIST if method == "GET" else RouteKind.NOT_FOUND)
+    if method == "POST" and rest == "create":
+        return models(RouteKind.MODELS_CREATE)
+    if method == "POST" and rest == "load":
+        return models(RouteKind.MODELS_LOAD)
+    if method == "DELETE" and rest == "purge":
+        return models(RouteKind.MODELS_PURGE)
+    if method == "GET":
+        head, _, last = rest.rpartition("/")
+        if head and last == "export":
+            return models(RouteKind.MODEL_EXPORT, ref=head)
+        return models(RouteKind.MODEL_GET, ref=rest)
+    if method == "DELETE":
+        return models(RouteKind.MODEL_DELETE, ref=rest)
+    if method == "POST":
+        # The action is the last segment (Go's path.Split), the reference everything before it.
+        head, _, action = rest.rpartition("/")
+        if not head:
+            return models(RouteKind.NOT_FOUND)
+        kinds = {
+            "tag": RouteKind.MODEL_TAG,
+            "push": RouteKind.MODEL_PUSH,
+            "repackage": RouteKind.MODEL_REPACKAGE,
+        }
+        return models(kinds.get(action, RouteKind.MODEL_UNKNOWN_ACTION), ref=head, action=action)
+    return models(RouteKind.NOT_FOUND)
+
+
+def _route_engines(method: str, path: str) -> Route:
+    segments = path.split("/")[2:]  # drop "", "engines"
+    if not segments:
+        return Route(RouteKind.NOT_FOUND, path, cors=True)
+    first = segments[0]
+    admin = _ENGINES_ADMIN.get(first)
+    if admin is not None:
+        if len(segments) == 1 and method in admin:
+            return Route(admin[method], path, cors=True)
+        return Route(RouteKind.NOT_FOUND, path, cors=True)
+
+    backend: str | None = None
+    if first not in ("v1", "rerank", "score"):
+        backend = first
+        segments = segments[1:]
+        if segments == ["_configure"]:
+            if method == "POST":
+                return Route(RouteKind.ENGINES_CONFIGURE, path, cors=True, backend=backend)
+            return Route(RouteKind.NOT_FOUND, path, cors=True, backend=backend)
+    if not segments:
+        return Route(RouteKind.NOT_FOUND, path, cors=True, backend=backend)
+
+    openai = Route(RouteKind.NOT_FOUND, path, cors=True, style=ErrorStyle.OPENAI, backend=backend)
+    if segments[0] in _RERANK_PATHS and len(segments) == 1:
+        if method != "POST":
+            return openai
+        return Route(
+            RouteKind.INFERENCE,
+            path,
+            cors=True,
+            style=ErrorStyle.OPENAI,
+            backend=backend,
+            mode=_RERANK_PATHS[segments[0]],
+            upstream_path="/" + segments[0],
+        )
+    if segments[0] != "v1":
+        return Route(RouteKind.NOT_FOUND, path, cors=True, backend=backend)
+
+    rest = "/".join(segments[1:])
+    if rest == "models" and method == "GET":
+        return Route(RouteKind.OPENAI_MODELS, path, cors=True, style=ErrorStyle.OPENAI, backend=backend)
+    if rest.startswith("models/") and method == "GET" and len(rest) > len("models/"):
+        return Route(
+            RouteKind.OPENAI_MODEL,
+            path,
+            cors=True,
+            style=ErrorStyle.OPENAI,
+            backend=backend,
+            ref=rest[len("models/") :],
+        )
+    mode = _V1_INFERENCE.get(rest)
+    if mode is not None and method == "POST":
+        return Route(
+            RouteKind.INFERENCE,
+            path,
+            cors=True,
+            style=ErrorStyle.OPENAI,
+            backend=backend,
+            mode=mode,
+            upstream_path="/v1/" + rest,
+        )
+    return openai
