@@ -169,6 +169,14 @@ async def open_daemon(settings: DaemonSettings) -> AsyncIterator[RunningDaemon]:
                     unix_path=settings.socket,
                     cors_origins=parse_origins(settings.environ.get("DMR_ORIGINS", "")),
                     version=__version__,
+                    version_details={
+                        "containerd": {
+                            "address": address,
+                            "namespace": settings.namespace,
+                            "embedded": embedded,
+                            "version": version.version,
+                        }
+                    },
                     log_dir=state_dir,
                     service_log_name=SERVICE_LOG_NAME,
                     engine_log_glob="runners/*/engine.log",

@@ -214,6 +214,8 @@ class RunnerInfo:
     in_flight: int
     runner_id: str | None
     reserved_by_device: Mapping[str, int]
+    socket_path: Path | None = None
+    """The engine's HTTP socket on the host once it is ready (``/metrics`` scrapes it)."""
 
     @property
     def keep_alive_text(self) -> str:
@@ -1032,6 +1034,9 @@ class Scheduler:
                     in_flight=slot.refcount,
                     runner_id=slot.runner.runner_id if slot.runner is not None else None,
                     reserved_by_device=MappingProxyType(dict(loan)),
+                    socket_path=slot.runner.socket_path
+                    if slot.runner is not None and slot.state is not RunnerState.STARTING
+                    else None,
                 )
             )
         return rows

@@ -36,6 +36,17 @@ def test_cli_package_list_run_ps_unload(daemon: Daemon, packaged: dict[str, str]
     assert daemon.ctr_rows("tasks", "ls", "-q") == []
 
 
+def test_status_json_reports_the_containerd_in_use(daemon: Daemon) -> None:
+    result = daemon.cli()("status", "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["running"] is True
+    assert str(daemon.containerd_socket) in json.dumps(status)
+    version = httpx.get(f"{daemon.url}/version").json()
+    assert version["containerd"]["address"] == str(daemon.containerd_socket)
+    assert version["containerd"]["embedded"] is True
+
+
 def test_openai_sdk_chat_stream_tools_embeddings(daemon: Daemon, packaged: dict[str, str]) -> None:
     client = openai.OpenAI(base_url=f"{daemon.url}/engines/v1", api_key="unused", max_retries=0)
     # As DMR: the OpenAI id is the first stored tag in its canonical form.
