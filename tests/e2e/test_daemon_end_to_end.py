@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 
 import httpx
 import openai
@@ -88,6 +89,16 @@ def test_openai_sdk_chat_stream_tools_embeddings(daemon: Daemon, packaged: dict[
         client.chat.completions.create(model="ai/not-there", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="", messages=[{"role": "user", "content": "x"}])
+
+
+def test_metrics_reexport_engine_and_scheduler_metrics(daemon: Daemon, packaged: dict[str, str]) -> None:
+    assert daemon.cli()("run", "ai/e2e-chat", "hi").returncode == 0
+    text = httpx.get(f"{daemon.url}/metrics").text
+    engine_lines = [line for line in text.splitlines() if line.startswith("llamacpp_")]
+    assert engine_lines, text[:2000]
+    assert any('model="' in line and 'backend="llama.cpp"' in line for line in engine_lines)
+    checked = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_unix_socket_serves_the_same_api(daemon: Daemon, packaged: dict[str, str]) -> None:
