@@ -60,13 +60,41 @@ class DaemonSettings:
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
-@dataclass(frozen=True)
 class StoreResolver:
-    """The scheduler's `ModelResolver` over the model store: a reference becomes a runnable bundle."""
+    """The scheduler's `ModelResolver` over the model store: a reference becomes a runnable bundle.
 
-    store: ModelStore
+    Every inference request resolves its model, so answers are cached until the store's
+    `index.json` changes (every tag, delete, pull or purge replaces it by an atomic rename):
+    one `stat` per request instead of reading the index, manifest and config and checking the
+    bundle's links.
+    """
+
+    def __init__(self, store: ModelStore) -> None:
+        self.store = store
+        self._index = store.root / "index.json"
+        self._index_version: tuple[int, int, int] | None = None
+        self._cache: dict[str, ModelSpec] = {}
+
+    def _current_index_version(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self._index)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def resolve(self, ref: str) -> ModelSpec:
+        version = self._current_index_version()
+        if version != self._index_version or version is None:
+            self._cache.clear()
+            self._index_version = version
+        cached = self._cache.get(ref)
+        if cached is not None:
+            return cached
+        spec = self._resolve_uncached(ref)
+        self._cache[ref] = spec
+        return spec
+
+    def _resolve_uncached(self, ref: str) -> ModelSpec:
         model = self.store.get(ref)
         bundle = self.store.bundle(model.id)
         config = dict(model.config.config)
