@@ -1,8 +1,9 @@
 """Runner tasks: start, wait, kill, stop and release, list by label, re-adopt, clean up orphans.
 
-Start (each step's resource is recorded *before* its RPC, so a cancellation between the server
-acting and the reply arriving still gets it released; an ALREADY_EXISTS reply un-records it, so a
-collision never deletes someone else's object):
+Start (each creating RPC runs to completion even when the caller is cancelled, because containerd
+could still carry out a cancelled RPC after our undo; the resource is recorded *before* the RPC so a
+time-out still gets it released; an ALREADY_EXISTS reply un-records it, so a collision never
+deletes someone else's object):
 
     lease -> read-only Snapshots.View of the image's chain ID -> Containers.Create (runc v2, labels)
     -> Tasks.Create (the view's mounts as rootfs, stdout+stderr to the log file) -> Tasks.Wait
@@ -14,8 +15,9 @@ record is deleted only after its task is: containerd 1.6 would let it go first a
 orphaned task nobody can reach. If a deletion fails the release stops there; the labelled leftovers
 are found by :func:`cleanup_orphans`.
 
-``Tasks.Wait`` is the authority on the exit code. The event stream only adds whether the kernel's
-OOM killer struck (``/tasks/oom`` comes before ``/tasks/exit``).
+``Tasks.Wait`` is the authority on the exit code. Whether the kernel's OOM killer struck comes from
+the task's memory cgroup counter (read after the exit, before the delete), or from the ``/tasks/oom``
+event when the cgroup cannot be read (see ``cgroups.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
+import functools
 import json
 import logging
 import os
@@ -35,6 +38,8 @@ from typing import Any, TypeVar, final
 import trio
 from modelrunner.shim import _rpc
 from modelrunner.shim._pb import make_any, pack_message, to_datetime, validate_identifier
+from modelrunner.shim._shims import ShimProcess, find_shims, process_gone
+from modelrunner.shim.cgroups import default_cgroups_path, oom_kill_count
 from modelrunner.shim.client import Containerd
 from modelrunner.shim.errors import (
     AlreadyExists,
@@ -82,6 +87,7 @@ log = logging.getLogger("modelrunner.shim.tasks")
 T = TypeVar("T")
 
 DEFAULT_RUNTIME = "io.containerd.runc.v2"
+DEFAULT_RUNC_ROOT = "/run/containerd/runc"  # the runc shim's state root when Options.root is unset
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 DEFAULT_STOP_GRACE_SECONDS = 10.0
 CLEANUP_GRACE_SECONDS = 1.0
@@ -158,7 +164,8 @@ class _Resources:
     task: bool = False
 
 
-def _prepare_spec(request: TaskRequest, namespace: str) -> bytes:
+def _prepare_spec(request: TaskRequest, namespace: str) -> tuple[bytes, str]:
+    """The spec as sent to containerd, and its cgroups path."""
     try:
         spec = json.loads(json.dumps(request.spec))
     except (TypeError, ValueError) as exc:
@@ -174,8 +181,8 @@ def _prepare_spec(request: TaskRequest, namespace: str) -> bytes:
     linux = spec.setdefault("linux", {})
     if not isinstance(linux, dict):
         raise InvalidArgument(f"starting task {request.container_id}", "the spec's 'linux' is not an object")
-    linux.setdefault("cgroupsPath", f"/{namespace}/{request.container_id}")
-    return json.dumps(spec, separators=(",", ":")).encode()
+    linux.setdefault("cgroupsPath", default_cgroups_path(namespace, request.container_id))
+    return json.dumps(spec, separators=(",", ":")).encode(), str(linux["cgroupsPath"])
 
 
 def _validate_request(request: TaskRequest) -> None:
@@ -207,8 +214,10 @@ class RunningTask:
         log_path: Path | None,
         resources: _Resources,
         lifecycle: TaskLifecycle,
+        cgroups_path: str = "",
     ) -> None:
         self.container_id = container_id
+        self.cgroups_path = cgroups_path
         self.labels = labels
         self.image_ref = image_ref
         self.log_path = log_path
@@ -273,18 +282,28 @@ class RunningTask:
                 if self._wait_future is future:
                     self._issue_wait(wait_for_ready=True)
                 continue
-            # containerd publishes /tasks/oom before /tasks/exit: once our stream has shown the exit,
-            # the OOM flag is final. The stream is a hint, so only wait for it a little.
-            with trio.move_on_after(OOM_SETTLE_SECONDS):
-                await self._watch.exit_seen.wait()
+            oom_killed = await self._oom_killed()
             known = self.exit_status
             if known is not None:  # another waiter got there first
                 return known
-            status = ExitStatus(response.exit_status, self._watch.oom_killed, to_datetime(response.exited_at))
+            status = ExitStatus(response.exit_status, oom_killed, to_datetime(response.exited_at))
             self._exit = status
             if self.lifecycle.can(TaskPhase.EXITED):
                 self.lifecycle.advance(TaskPhase.EXITED)
             return status
+
+    async def _oom_killed(self) -> bool:
+        """Whether the OOM killer struck in the task's cgroup (asked after the exit, before delete)."""
+        if self._watch.oom_killed:
+            return True
+        count = oom_kill_count(self.cgroups_path) if self.cgroups_path else None
+        if count is not None:
+            return count > 0
+        # No readable cgroup (systemd path, other host layout): fall back on the event stream. The
+        # /tasks/oom event usually comes before /tasks/exit; give the stream a moment to show it.
+        with trio.move_on_after(OOM_SETTLE_SECONDS):
+            await self._watch.exit_seen.wait()
+        return self._watch.oom_killed
 
     # -- signals --------------------------------------------------------------------------------
 
@@ -483,10 +502,17 @@ async def start_task(client: Containerd, request: TaskRequest) -> RunningTask:
     cid = request.container_id
     stdout, stderr = await trio.to_thread.run_sync(_prepare_log, request.log_path, cid)
     labels = request.labels.to_labels(cid, cid)
-    spec = _prepare_spec(request, client.namespace)
+    spec, cgroups_path = _prepare_spec(request, client.namespace)
     res = _Resources(lease_id=cid, snapshotter=request.image.snapshotter, snapshot_key=cid)
     task = RunningTask(
-        client, cid, request.labels, request.image.ref, request.log_path, res, TaskLifecycle(cid)
+        client,
+        cid,
+        request.labels,
+        request.image.ref,
+        request.log_path,
+        res,
+        TaskLifecycle(cid),
+        cgroups_path,
     )
     lifecycle = task.lifecycle
     try:
@@ -606,6 +632,7 @@ class RunnerRecord:
     snapshot_key: str
     lease_id: str
     raw_labels: Mapping[str, str] = field(default_factory=dict)
+    cgroups_path: str = ""
 
 
 async def _list_tasks(client: Containerd) -> dict[str, Any]:
@@ -655,9 +682,21 @@ async def list_runners(client: Containerd) -> list[RunnerRecord]:
                 snapshot_key=container.snapshot_key,
                 lease_id=raw.get(LEASE_LABEL, container.id),
                 raw_labels=raw,
+                cgroups_path=_spec_cgroups_path(container.spec),
             )
         )
     return sorted(records, key=lambda r: r.container_id)
+
+
+def _spec_cgroups_path(spec: Any) -> str:
+    """``linux.cgroupsPath`` from a container's stored spec; empty if it cannot be read."""
+    if spec.type_url != SPEC_TYPE_URL:
+        return ""
+    try:
+        path = json.loads(spec.value).get("linux", {}).get("cgroupsPath", "")
+    except (ValueError, AttributeError):
+        return ""
+    return path if isinstance(path, str) else ""
 
 
 def adopt(client: Containerd, record: RunnerRecord) -> RunningTask:
@@ -686,6 +725,7 @@ def adopt(client: Containerd, record: RunnerRecord) -> RunningTask:
         log_path,
         res,
         TaskLifecycle(record.container_id, phase),
+        record.cgroups_path or default_cgroups_path(client.namespace, record.container_id),
     )
     task.pid = record.pid
     if phase is TaskPhase.EXITED:
@@ -757,8 +797,11 @@ async def cleanup_orphans(
 
     In order: runner containers (their tasks stopped with ``grace``, then deleted with snapshot and
     lease); tasks whose container record is gone (containerd 1.6 allows that; a stand-in record is
-    created so the task can be killed and deleted); runner leases and snapshots left without a
+    created so the task can be killed and deleted); shim processes containerd lost track of (see
+    ``_shims.py``; named ``shim/<id>`` in the result); runner leases and snapshots left without a
     container; and, if ``temporary_leases_before`` is given, import leases created before then.
+
+    Meant for startup: a runner this client is starting meanwhile would count as a leftover.
     """
     removed: list[str] = []
     for record in await list_runners(client):
@@ -784,6 +827,24 @@ async def cleanup_orphans(
         removed.append(container_id)
 
     container_ids = {c.id for c in await _list_containers(client)}
+    # A "shim start" command orphaned by a dead containerd may still be about to spawn a shim.
+    with trio.move_on_after(KILL_WAIT_SECONDS):
+        starters = await trio.to_thread.run_sync(
+            functools.partial(find_shims, client.address, client.namespace, starting=True)
+        )
+        while not all(process_gone(s.pid) for s in starters):  # noqa: ASYNC110 - not our children
+            await trio.sleep(0.02)
+    known_tasks = set(await _list_tasks(client))
+    for shim in await trio.to_thread.run_sync(find_shims, client.address, client.namespace):
+        if (
+            shim.container_id in known_tasks
+            or shim.container_id in container_ids
+            or shim.container_id in keep
+        ):
+            continue
+        await _reap_shim(client, shim)
+        removed.append(f"shim/{shim.container_id}")
+
     for lease in await list_leases(client, f'labels."{ROLE_LABEL}"=={ROLE_RUNNER}'):
         owner = lease.labels.get(CONTAINER_LABEL, lease.id)
         if owner in keep or owner in container_ids:
@@ -812,6 +873,34 @@ async def cleanup_orphans(
             continue
         removed.append(key)
     return removed
+
+
+def _runc_state_dir(client: Containerd, container_id: str) -> str | None:
+    # The runc shim runs runc with --root <Options.root or containerd's default>/<namespace>.
+    root = os.path.join(client.runc_root or DEFAULT_RUNC_ROOT, client.namespace)
+    return root if os.path.isdir(os.path.join(root, container_id)) else None
+
+
+async def _reap_shim(client: Containerd, shim: ShimProcess) -> None:
+    """Kill a shim containerd lost track of, and delete the runc container it may have created."""
+    log.warning("killing shim %d of %s, which containerd lost track of", shim.pid, shim.container_id)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(shim.pid, signal.SIGKILL)
+    with trio.move_on_after(KILL_WAIT_SECONDS):
+        while not process_gone(shim.pid):  # noqa: ASYNC110 - not our child: nothing to wait on
+            await trio.sleep(0.02)
+    runc_root = _runc_state_dir(client, shim.container_id)
+    if runc_root is not None:
+        result = await trio.run_process(
+            ["runc", "--root", runc_root, "delete", "--force", shim.container_id],
+            check=False,
+            capture_stdout=True,
+            capture_stderr=True,
+        )
+        if result.returncode != 0:
+            log.warning(
+                "runc delete %s: %s", shim.container_id, result.stderr.decode(errors="replace").strip()
+            )
 
 
 async def _list_runner_snapshots(client: Containerd) -> list[str]:

@@ -9,9 +9,7 @@ from modelrunner.shim import images
 from modelrunner.shim.client import Containerd, open_containerd
 
 from tests.fixtures.containerd import ContainerdInstance
-
-# Until tests/conftest.py registers tests.fixtures.images as a plugin, make its fixtures visible here.
-from tests.fixtures.images import TestImage, busybox_image, test_image_factory  # noqa: F401
+from tests.fixtures.images import TestImage
 
 
 @pytest.fixture
@@ -21,6 +19,6 @@ async def client(containerd: ContainerdInstance, containerd_namespace: str) -> A
 
 
 @pytest.fixture
-async def busybox(client: Containerd, busybox_image: TestImage) -> images.Image:  # noqa: F811
+async def busybox(client: Containerd, busybox_image: TestImage) -> images.Image:
     """The busybox test image, imported into the test's namespace."""
     return await images.import_tarball(client, busybox_image.path)

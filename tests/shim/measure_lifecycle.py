@@ -29,6 +29,7 @@ from modelrunner.shim.client import open_containerd
 from modelrunner.shim.embedded import open_embedded_containerd
 from modelrunner.shim.labels import RunnerLabels
 
+from tests.fixtures.containerd import remove_namespace_cgroups
 from tests.fixtures.images import pack_test_image
 from tests.shim.helpers import minimal_spec
 
@@ -84,6 +85,7 @@ async def measure(runs: int) -> dict[str, list[float]]:
                     results["release"].append(released - before_release)
                     results["stop"].append(stopped - before_stop)
             await images.remove(client, image.ref)
+    remove_namespace_cgroups("measure")
     return results
 
 

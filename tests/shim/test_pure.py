@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import grpc
 import pytest
@@ -212,3 +213,42 @@ def test_package_exports_are_complete_and_sorted() -> None:
     for name in ("TaskOOM", "EventsLost", "TaskExit"):
         assert getattr(shim, name) is getattr(events, name)
     assert shim.get_image is images.get and shim.pull_image is images.pull
+
+
+def test_oom_kill_count_reads_v1_and_v2_counters(tmp_path: Path) -> None:
+    from modelrunner.shim.cgroups import default_cgroups_path, oom_kill_count
+
+    path = default_cgroups_path("ns", "c1")
+    assert path == "/ns/c1"
+    v1 = tmp_path / "v1"
+    (v1 / "memory" / "ns" / "c1").mkdir(parents=True)
+    (v1 / "memory" / "ns" / "c1" / "memory.oom_control").write_text(
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"
+    )
+    assert oom_kill_count(path, v1) == 2
+    v2 = tmp_path / "v2"
+    (v2 / "ns" / "c1").mkdir(parents=True)
+    (v2 / "cgroup.controllers").write_text("cpu memory pids\n")
+    (v2 / "ns" / "c1" / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 0\n")
+    assert oom_kill_count(path, v2) == 0
+    assert oom_kill_count("/ns/absent", v1) is None
+    assert oom_kill_count("system.slice:cri:c1", v1) is None
+    assert oom_kill_count("/../etc", v1) is None
+
+
+def test_find_shims_matches_address_and_namespace(tmp_path: Path) -> None:
+    from modelrunner.shim._shims import find_shims
+
+    def process(pid: int, *argv: str) -> None:
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+
+    shim = "/usr/bin/containerd-shim-runc-v2"
+    process(10, shim, "-namespace", "ns", "-id", "a", "-address", "/run/c.sock")
+    process(11, shim, "-namespace", "ns", "-id", "b", "-address", "/run/c.sock", "start")
+    process(12, shim, "-namespace", "other", "-id", "c", "-address", "/run/c.sock")
+    process(13, shim, "-namespace", "ns", "-id", "d", "-address", "/run/elsewhere.sock")
+    process(14, "/bin/sleep", "-namespace", "ns", "-id", "e", "-address", "/run/c.sock")
+    (tmp_path / "self").mkdir()
+    assert [(s.pid, s.container_id) for s in find_shims("/run/c.sock", "ns", tmp_path)] == [(10, "a")]
+    assert [s.pid for s in find_shims("/run/c.sock", "ns", tmp_path, starting=True)] == [11]

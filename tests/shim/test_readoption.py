@@ -147,6 +147,7 @@ async def test_runners_survive_a_killed_daemon_and_leftovers_are_removed(
         leftover_shims = {pid: _cmdline(pid) for pid in _shim_processes(embedded.address)}
         assert leftover_shims == {}
         assert _runc_states(embedded.runc_root, NAMESPACE) == [], "runc state left behind"
+        assert _mounts_under(state_dir) == [], "rootfs mounts left behind"
         # Tidy: the images go too, so the next run starts clean.
         async with open_containerd(embedded.address, NAMESPACE) as client:
             from modelrunner.shim import images
@@ -169,6 +170,11 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def _mounts_under(directory: Path) -> list[str]:
+    mount_points = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    return [m for m in mount_points if m.startswith(str(directory))]
 
 
 def _runc_states(root: str, namespace: str) -> list[str]:
