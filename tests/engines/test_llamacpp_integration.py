@@ -222,9 +222,21 @@ async def test_cancelling_a_load_tears_the_task_down(
     await llamacpp.install()
     model = make_bundle(test_models.chat_large)
     namespace = llamacpp.environment.containerd.namespace
-    with trio.move_on_after(0.3) as scope:
-        await llamacpp.start_runner(model, Mode.COMPLETION, RunnerConfig(), RESERVATION)
-    assert scope.cancelled_caught
+    runners_dir = llamacpp.environment.state_dir / "runners"
+
+    async def cancel_once_the_runner_exists(scope: trio.CancelScope) -> None:
+        # Cancel mid-load at a point that does not depend on how fast the engine loads: the
+        # runner's directory appears just before its containerd task is created.
+        while not (runners_dir.exists() and any(runners_dir.iterdir())):  # noqa: ASYNC110 (filesystem)
+            await trio.sleep(0.001)
+        scope.cancel()
+
+    loaded = None
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as scope:
+            nursery.start_soon(cancel_once_the_runner_exists, scope)
+            loaded = await llamacpp.start_runner(model, Mode.COMPLETION, RunnerConfig(), RESERVATION)
+    assert loaded is None and scope.cancelled_caught
     assert runner_counts(containerd, namespace) == (0, 0, 0)
     assert list((llamacpp.environment.state_dir / "runners").iterdir()) == []
 
@@ -233,11 +245,13 @@ async def test_load_timeout_is_a_clear_error(
     engine_client: Containerd, short_tmp: Path, llamacpp_engine: EngineBuild, make_bundle: BundleFactory,
     test_models: Any, containerd: ContainerdInstance,
 ) -> None:
-    environment = make_environment(engine_client, short_tmp / "state", llamacpp_engine, load_timeout=0.05)
+    # No engine process can bind its socket and load a model within a millisecond of its task
+    # starting, however fast the machine.
+    environment = make_environment(engine_client, short_tmp / "state", llamacpp_engine, load_timeout=0.001)
     async with open_llamacpp_backend(environment) as backend:
         await backend.install()
         model = make_bundle(test_models.chat)
-        expected = r"took too long to initialize \(no /health 200 within 0\.05 s\)"
+        expected = r"took too long to initialize \(no /health 200 within 0\.001 s\)"
         with pytest.raises(EngineStartError, match=expected):
             await backend.start_runner(model, Mode.COMPLETION, RunnerConfig(), RESERVATION)
     assert runner_counts(containerd, engine_client.namespace) == (0, 0, 0)
