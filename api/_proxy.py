@@ -178,7 +178,14 @@ class InferenceProxy:
             raise ApiError(502, f"the engine for {model!r} failed: {exc}") from exc
 
     async def _learn_capacity(self, pool: UnixConnectionPool, backend: str) -> None:
-        """Bound the pool by the engine's parallel slots (llama-server's `total_slots`), once."""
+        """Bound the pool by the engine's parallel slots (llama-server's `total_slots`) plus one, once.
+
+        One connection more than the slots keeps the next request queued inside the engine, so a
+        slot starts on it the moment it frees instead of waiting a round trip for the proxy to relay
+        the previous response first (bench `proxy`: 0.82x -> 0.98x of direct at 4 concurrent).
+        llama-server serves at least `parallel + 2` connections at once, so one of its HTTP threads
+        stays free for `/health` and `/metrics` even while the pool is full.
+        """
         async with pool.capacity_lock:
             if pool.capacity_known:
                 return
@@ -191,7 +198,7 @@ class InferenceProxy:
                         body = await props.read()
                     if props.status == 200:
                         slots = engine_slots(body)
-            limit = min(slots, self.max_connections) if slots else self.max_connections
+            limit = min(slots + 1, self.max_connections) if slots else self.max_connections
             log.debug("engine at %s: %s connections at most", pool.socket_path, limit)
             pool.set_capacity(limit)
 

@@ -285,11 +285,11 @@ async def test_concurrent_requests(llama_api: LlamaApi) -> None:
         for _ in range(16):
             nursery.start_soon(one)
     assert replies == [testmodels.CHAT_REPLY] * 16
-    # The proxy learnt the engine's slots (-np 4) and never held more connections than that,
-    # so llama-server's few HTTP threads stay free for health checks and metrics.
+    # The proxy learnt the engine's slots (-np 4) and never held more than one connection beyond
+    # them, so one of llama-server's parallel + 2 HTTP threads stays free for health and metrics.
     pool = llama_api.server.app.pools.get(llama_api.pool.socket_for(CHAT))
-    assert pool.max_connections == 4
-    assert pool.open_count <= 4
+    assert pool.max_connections == 5
+    assert pool.open_count <= 5
 
 
 async def test_client_disconnect_stops_generation(llama_api: LlamaApi) -> None:
