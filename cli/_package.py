@@ -33,16 +33,12 @@ from modelrunner.distribution.errors import InvalidGGUF, InvalidReference
 from modelrunner.distribution.ggufinfo import discover_shards, read_gguf, read_gguf_shards
 from modelrunner.distribution.oci import (
     ANNOTATION_FILEPATH,
-    MEDIA_TYPE_CHAT_TEMPLATE,
     MEDIA_TYPE_CONFIG_V01,
-    MEDIA_TYPE_GGUF,
-    MEDIA_TYPE_LICENSE,
-    MEDIA_TYPE_MMPROJ,
     Descriptor,
     Manifest,
     sha256_digest,
 )
-from modelrunner.distribution.packaging import build_gguf_config
+from modelrunner.distribution.packaging import build_gguf_config, gguf_artifact_files
 from modelrunner.distribution.reference import parse_reference
 from rich.progress import (
     BarColumn,
@@ -132,19 +128,12 @@ def build_model(
     layers: list[Descriptor] = []
     files: dict[str, Path] = {}
 
-    def add(path: Path, media_type: str) -> None:
+    for path, media_type in gguf_artifact_files(
+        shards, licenses=licenses, chat_template=chat_template, mmproj=mmproj
+    ):
         digest, size = hash_file(path, on_bytes)
         layers.append(Descriptor(media_type, digest, size, {ANNOTATION_FILEPATH: path.name}))
         files[digest] = path
-
-    for shard in shards:
-        add(shard, MEDIA_TYPE_GGUF)
-    for path in licenses:
-        add(path, MEDIA_TYPE_LICENSE)
-    if chat_template is not None:
-        add(chat_template, MEDIA_TYPE_CHAT_TEMPLATE)
-    if mmproj is not None:
-        add(mmproj, MEDIA_TYPE_MMPROJ)
     config = build_gguf_config(
         info, [layer.digest for layer in layers], context_size=context_size, created=created
     )

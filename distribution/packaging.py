@@ -97,6 +97,27 @@ def _check_context_size(context_size: int | None) -> None:
         raise InvalidArgument(f"context size must be an integer from 1 to {_INT32_MAX}, not {context_size!r}")
 
 
+def gguf_artifact_files(
+    shards: Sequence[str | os.PathLike[str]],
+    *,
+    licenses: Iterable[str | os.PathLike[str]] = (),
+    chat_template: str | os.PathLike[str] | None = None,
+    mmproj: str | os.PathLike[str] | None = None,
+) -> list[tuple[Path, str]]:
+    """The files of a DMR v0.1 GGUF artifact in layer order, each with its layer media type.
+
+    The order is part of the manifest, so of the model ID: every packager (the store's own and the
+    CLI's client-side one) takes it from here.
+    """
+    files = [(Path(shard), MEDIA_TYPE_GGUF) for shard in shards]
+    files += [(Path(path), MEDIA_TYPE_LICENSE) for path in licenses]
+    if chat_template is not None:
+        files.append((Path(chat_template), MEDIA_TYPE_CHAT_TEMPLATE))
+    if mmproj is not None:
+        files.append((Path(mmproj), MEDIA_TYPE_MMPROJ))
+    return files
+
+
 def package_gguf(
     store: ModelStore,
     gguf: str | os.PathLike[str],
@@ -129,19 +150,12 @@ def package_gguf(
 
     layers: list[Descriptor] = []
 
-    def add(path: str | os.PathLike[str], media_type: str) -> None:
+    for path, media_type in gguf_artifact_files(
+        shards, licenses=licenses, chat_template=chat_template, mmproj=mmproj
+    ):
         imported = store.import_file(path)
-        layers.append(Descriptor(media_type, imported.digest, imported.size,
-                                 {ANNOTATION_FILEPATH: Path(path).name}))
-
-    for shard in shards:
-        add(shard, MEDIA_TYPE_GGUF)
-    for license_path in licenses:
-        add(license_path, MEDIA_TYPE_LICENSE)
-    if chat_template is not None:
-        add(chat_template, MEDIA_TYPE_CHAT_TEMPLATE)
-    if mmproj is not None:
-        add(mmproj, MEDIA_TYPE_MMPROJ)
+        annotations = {ANNOTATION_FILEPATH: path.name}
+        layers.append(Descriptor(media_type, imported.digest, imported.size, annotations))
     config_bytes = build_gguf_config(info, [layer.digest for layer in layers],
                                      context_size=context_size, created=created)
     config_digest = store.write_blob(config_bytes)
