@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +23,8 @@ from pathlib import Path
 import trio
 
 from bench.httpclient import Endpoint, HttpConnection, HttpError
+from tests.fixtures.registry import REGISTRY_BINARY, Registry
+from tests.fixtures.registry import run_registry as start_test_registry
 
 __all__ = [
     "REPO",
@@ -46,7 +44,6 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parents[1]
-REGISTRY_BINARY = "/usr/bin/docker-registry"
 DAEMON_READY_SECONDS = 90.0
 DAEMON_STOP_SECONDS = 60.0
 DAEMON_NAMESPACE = "modelrunner-bench"
@@ -162,69 +159,22 @@ def test_models(directory: Path) -> dict[str, Path]:
 # --- registry -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Registry:
-    host: str
-    """``127.0.0.1:PORT``"""
-    storage: Path
-
-
-def _registry_config(storage: Path, port: int) -> str:
-    return f"""version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: {storage}
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:{port}
-  secret: {secrets.token_hex(16)}
-"""
-
-
 @contextlib.contextmanager
 def run_registry(directory: Path) -> Iterator[Registry]:
-    """Debian's docker-registry (CNCF distribution v2), anonymous, on a free loopback port.
+    """Debian's docker-registry (CNCF distribution v2), anonymous, on a free loopback port: started
+    by the test suite's own fixture code, so benchmarks and tests run the same registry.
 
     Raises:
-        ServiceError: it is not installed or did not answer within 15 s.
+        ServiceError: it is not installed or did not start.
     """
     if not Path(REGISTRY_BINARY).exists():
         raise ServiceError(f"{REGISTRY_BINARY} is missing (apt-get install docker-registry)")
-    storage = directory / "storage"
-    storage.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config = directory / "config.yml"
-    config.write_text(_registry_config(storage, port))
-    log = directory / "registry.log"
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            [REGISTRY_BINARY, "serve", str(config)], stdout=log_file, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                raise ServiceError(f"docker-registry exited with {proc.returncode}:\n{_log_tail(log)}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1):
-                    break
-            except (urllib.error.URLError, OSError):
-                if time.monotonic() > deadline:
-                    raise ServiceError(
-                        f"docker-registry did not answer within 15 s:\n{_log_tail(log)}"
-                    ) from None
-                time.sleep(0.05)
-        yield Registry(f"127.0.0.1:{port}", storage)
-    finally:
-        stop_process(proc, grace=5)
+    with contextlib.ExitStack() as stack:
+        try:
+            registry = stack.enter_context(start_test_registry(directory, "none"))
+        except RuntimeError as exc:
+            raise ServiceError(f"docker-registry did not start: {exc}") from exc
+        yield registry
 
 
 # --- the daemon -----------------------------------------------------------------------------------
