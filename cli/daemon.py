@@ -98,10 +98,8 @@ class StoreResolver:
         model = self.store.get(ref)
         bundle = self.store.bundle(model.id)
         config = dict(model.config.config)
-        gguf = bundle / "model.gguf"
-        if not gguf.exists():
-            shards = sorted(bundle.glob("model-*-of-*.gguf"))
-            gguf = shards[0] if shards else gguf
+        # "model.gguf", or shards "model-00001-of-0000N.gguf"... whose first sorts first.
+        ggufs = sorted(name for name in self.store.bundle_layout(model) if name.endswith(".gguf"))
         return ModelSpec(
             id=model.id,
             # The engine's alias; the proxy rewrites responses to whatever name the client used.
@@ -109,7 +107,7 @@ class StoreResolver:
             bundle_dir=bundle,
             format=str(config.get("format") or "gguf"),
             config=config,
-            gguf_path=gguf if gguf.exists() else None,
+            gguf_path=bundle / ggufs[0] if ggufs else None,
         )
 
     def disk_usage(self) -> int:
