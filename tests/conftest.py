@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.registry",
     "tests.fixtures.containerd",
     "tests.fixtures.images",
+    "tests.fixtures.engines",
 ]

@@ -5,54 +5,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import pytest
 from modelrunner.engines import ModelSpec
-from modelrunner.engines.environment import EngineEnvironment, EngineImageSource
 from modelrunner.engines.llamacpp.backend import LlamaCppBackend, open_llamacpp_backend
-from modelrunner.shim.client import Containerd, open_containerd
+from modelrunner.shim.client import Containerd
 
-from tests.fixtures.containerd import ContainerdInstance
 from tests.fixtures.engine import EngineBuild
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    """A short temp dir: runner sockets live below it and Unix socket paths max out at 107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="mr-eng-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def engine_client(
-    containerd: ContainerdInstance, containerd_namespace: str
-) -> AsyncIterator[Containerd]:
-    address, runc_root = containerd.address, containerd.runc_root
-    async with open_containerd(address, containerd_namespace, runc_root=runc_root) as client:
-        yield client
-
-
-def make_environment(
-    client: Containerd, state_dir: Path, engine: EngineBuild, **overrides: Any
-) -> EngineEnvironment:
-    settings: dict[str, Any] = {
-        "containerd": client,
-        "state_dir": state_dir,
-        "llamacpp_image": EngineImageSource(ref=engine.image_ref, tarball=engine.image_tar),
-        "threads": 2,
-        "load_timeout": 60.0,
-        "stop_grace": 4.0,
-    }
-    settings.update(overrides)
-    return EngineEnvironment(**settings)
+from tests.fixtures.engines import make_environment
 
 
 @pytest.fixture

@@ -19,9 +19,10 @@ from modelrunner.engines.llamacpp.backend import LlamaCppBackend, open_llamacpp_
 from modelrunner.engines.status import BackendState, BackendStatus
 from modelrunner.shim.client import Containerd
 
-from tests.engines.conftest import BundleFactory, make_environment
+from tests.engines.conftest import BundleFactory
 from tests.fixtures.containerd import ContainerdInstance
 from tests.fixtures.engine import EngineBuild
+from tests.fixtures.engines import make_environment
 
 pytestmark = pytest.mark.integration
 

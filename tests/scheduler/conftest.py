@@ -5,30 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import MappingProxyType
 
 import pytest
 import testmodels
 from modelrunner.engines import ModelSpec
-from modelrunner.engines.environment import EngineEnvironment, EngineImageSource
 from modelrunner.engines.llamacpp.backend import LlamaCppBackend, open_llamacpp_backend
-from modelrunner.shim.client import Containerd, open_containerd
+from modelrunner.shim.client import Containerd
 
-from tests.fixtures.containerd import ContainerdInstance
 from tests.fixtures.engine import EngineBuild
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    """A short temp dir: runner sockets live below it (Unix socket paths max out at 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="mr-sch-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+from tests.fixtures.engines import make_environment
 
 
 @pytest.fixture(scope="session")
@@ -64,25 +52,11 @@ def model_specs(scheduler_models: list[Path], short_tmp: Path) -> list[ModelSpec
 
 
 @pytest.fixture
-async def engine_client(
-    containerd: ContainerdInstance, containerd_namespace: str
-) -> AsyncIterator[Containerd]:
-    address, runc_root = containerd.address, containerd.runc_root
-    async with open_containerd(address, containerd_namespace, runc_root=runc_root) as client:
-        yield client
-
-
-@pytest.fixture
 async def llamacpp(
     engine_client: Containerd, short_tmp: Path, llamacpp_engine: EngineBuild
 ) -> AsyncIterator[LlamaCppBackend]:
-    environment = EngineEnvironment(
-        containerd=engine_client,
-        state_dir=short_tmp / "state",
-        llamacpp_image=EngineImageSource(ref=llamacpp_engine.image_ref, tarball=llamacpp_engine.image_tar),
-        threads=1,
-        load_timeout=60.0,
-        stop_grace=2.0,
+    environment = make_environment(
+        engine_client, short_tmp / "state", llamacpp_engine, threads=1, stop_grace=2.0
     )
     async with open_llamacpp_backend(environment) as backend:
         yield backend
