@@ -68,6 +68,7 @@ class LaunchRequest:
     gpus: tuple[GpuDevice, ...] = ()
     extra_env: tuple[str, ...] = ()
     on_log_line: Callable[[str], None] | None = None
+    """Called with each engine log line until the runner is ready (start-up reports)."""
 
 
 @final
@@ -146,6 +147,7 @@ class RunnerFleet:
                     log.warning("cleaning up runner %s after a failed start: %s", runner_id, exc)
             raise
         follower.poll()
+        follower.end_line_handling()
         self.track(runner)
         return runner
 

@@ -39,11 +39,30 @@ class LogTail:
     def feed(self, data: bytes | str) -> None:
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
         text = self._partial + text
+        if len(text) > self.max_bytes:
+            # A busy engine logs a few KiB per request; only the last lines can stay, so the rest
+            # is skipped instead of being pushed only to be evicted again.
+            text = self._skip_evicted(text)
         *complete, self._partial = text.split("\n")
         if len(self._partial) > self.max_bytes:
             self._partial = self._partial[-self.max_bytes :]
         for line in complete:
             self._push(line.rstrip("\r"))
+
+    def _skip_evicted(self, text: str) -> str:
+        """`text` without the complete lines that feeding it would evict (and, when it has such
+        lines, with the kept lines cleared, as they would be evicted too)."""
+        end = text.rfind("\n")
+        size = 0
+        while end >= 0:
+            start = text.rfind("\n", 0, end) + 1
+            size += min(len(text[start:end].rstrip("\r")), self.max_bytes) + 1
+            if size > self.max_bytes:
+                self._lines.clear()
+                self._size = 0
+                return text[end + 1 :]
+            end = start - 1
+        return text
 
     def _push(self, line: str) -> None:
         if len(line) > self.max_bytes:

@@ -82,6 +82,12 @@ class LogFollower:
                 self.truncations += 1
             self._offset = 0
 
+    def end_line_handling(self) -> None:
+        """Stop passing lines to ``on_line`` (the start-up reports are read; the per-request lines
+        that follow need not be split one by one)."""
+        self._on_line = None
+        self._partial = b""
+
     async def follow(self) -> None:
         """Poll every second until cancelled."""
         while True:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from modelrunner.engines.logs import LogTail, failure_message, translate_failure
 
 # Real llama-server b11312 output; the long lines are kept whole on purpose.
@@ -95,3 +97,48 @@ def test_one_huge_line_is_cut() -> None:
     tail.feed("y" * 500)
     tail.feed("z" * 500 + "\n")
     assert all(len(line) <= 50 for line in tail.lines())
+
+
+class _LineByLineTail:
+    """The tail's rule spelled out naively: push every line, evict the oldest past the limit."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.kept: list[str] = []
+        self.partial = ""
+
+    def feed(self, text: str) -> None:
+        *complete, self.partial = (self.partial + text).split("\n")
+        self.partial = self.partial[-self.max_bytes :]
+        for raw in complete:
+            line = raw.rstrip("\r")[-self.max_bytes :]
+            self.kept.append(line)
+            while self.kept and sum(len(k) + 1 for k in self.kept) > self.max_bytes:
+                self.kept.pop(0)
+
+    def lines(self) -> list[str]:
+        return [*self.kept, self.partial] if self.partial else list(self.kept)
+
+
+@given(
+    max_bytes=st.integers(min_value=1, max_value=40),
+    feeds=st.lists(st.text(alphabet="ab\r\n", max_size=120), max_size=12),
+)
+def test_tail_that_skips_evicted_lines_keeps_what_pushing_every_line_keeps(
+    max_bytes: int, feeds: list[str]
+) -> None:
+    tail, reference = LogTail(max_bytes=max_bytes), _LineByLineTail(max_bytes)
+    for text in feeds:
+        tail.feed(text)
+        reference.feed(text)
+        assert tail.lines() == reference.lines()
+
+
+def test_a_busy_log_is_not_pushed_line_by_line() -> None:
+    tail = LogTail(max_bytes=1000)
+    pushed: list[str] = []
+    original = tail._push
+    tail._push = lambda line: (pushed.append(line), original(line))[-1]  # type: ignore[method-assign]
+    tail.feed("".join(f"request {i} done\n" for i in range(10_000)))
+    assert tail.lines()[-1] == "request 9999 done"
+    assert len(pushed) < 100

@@ -26,6 +26,7 @@ from modelrunner.engines.cgroup import (
     read_cgroup_memory,
 )
 from modelrunner.engines.fleet import config_digest, prepare_runner_dir
+from modelrunner.engines.runner import LogFollower
 from modelrunner.engines.vllm import build_vllm_argv, estimate_vllm, resolve_vllm_launch
 
 V1_STAT = "cache 4096\nrss 8192\nmapped_file 1024\ntotal_rss 16384\ntotal_mapped_file 2048\nbogus line here\n"
@@ -115,6 +116,22 @@ def test_prepare_runner_dir_removes_a_stale_socket(tmp_path: Path) -> None:
     assert not stale.exists()
     assert (engine_dir.stat().st_uid, engine_dir.stat().st_gid) == (65532, 65532)
     assert (runner_dir / "engine.log").is_file()
+
+
+def test_log_follower_hands_lines_over_until_the_start_up_is_done(tmp_path: Path) -> None:
+    log = tmp_path / "engine.log"
+    seen: list[str] = []
+    follower = LogFollower(log, max_bytes=1 << 20, on_line=seen.append)
+    follower.poll()  # no file yet
+    log.write_text("load_tensors: CPU_Mapped model buffer size = 1.00 MiB\nhalf a li")
+    follower.poll()
+    assert seen == ["load_tensors: CPU_Mapped model buffer size = 1.00 MiB"]
+    follower.end_line_handling()
+    with log.open("a") as f:
+        f.write("ne\nslot release: id 0\n")
+    follower.poll()
+    assert seen == ["load_tensors: CPU_Mapped model buffer size = 1.00 MiB"]
+    assert follower.tail.lines()[-2:] == ["half a line", "slot release: id 0"]
 
 
 def test_config_digest_changes_with_argv_and_image() -> None:
