@@ -398,6 +398,8 @@ class Scheduler:
         self._detaching = False
         self._head_wake_at: float | None = None
         self._wakeup = trio.Event()
+        self._timer_deadline = -math.inf
+        """When the timer loop wakes on its own (-inf until it first sleeps)."""
         self._load_seconds_avg: float | None = None
         self._loads_started = 0
         self._load_failures = 0
@@ -546,7 +548,21 @@ class Scheduler:
         if slot.refcount == 0:
             slot.last_used = trio.current_time()
             slot.last_used_wall = datetime.now(UTC)
+        if self._settled() and slot.keep_alive != 0:
+            # The common case on the hot path: nothing waits, so a release can only start this
+            # runner's idle countdown, and the timer needs waking only if that ends sooner than
+            # what it sleeps until (it re-checks everything when it wakes).
+            idle_ends = slot.last_used + slot.keep_alive
+            if slot.refcount == 0 and slot.keep_alive > 0 and idle_ends < self._timer_deadline:
+                self._wakeup.set()
+            return
         self._reschedule()
+
+    def _settled(self) -> bool:
+        """Nothing is queued, loading or draining: admission has no decision to make."""
+        if self._pending or self._head_wake_at is not None or self._closing:
+            return False
+        return all(slot.state is RunnerState.READY for slot in self._slots.values())
 
     def _mark_broken(self, slot: _Slot, reason: str) -> None:
         if slot.state in (RunnerState.READY, RunnerState.DRAINING):
@@ -938,7 +954,8 @@ class Scheduler:
     async def _timer_loop(self) -> None:
         while not self._closing:
             self._wakeup = trio.Event()
-            with trio.move_on_at(self._next_deadline()) as scope:
+            self._timer_deadline = self._next_deadline()
+            with trio.move_on_at(self._timer_deadline) as scope:
                 await self._wakeup.wait()
             if scope.cancelled_caught:
                 self._reschedule()

@@ -377,6 +377,40 @@ async def test_default_keep_alive_unloads_idle_runner_and_frees_the_ledger(autoj
         assert scheduler.statistics().unloads == {"idle": 1}
 
 
+async def test_each_release_restarts_the_idle_countdown(autojump_clock):
+    backend, resolver = FakeBackend(load_seconds=1.0), FakeResolver()
+    resolver.add("ai/smol", 1)
+    async with running_scheduler(backend, resolver, default_keep_alive=300.0) as scheduler:
+        await scheduler.preload("ai/smol")
+        loaded = trio.current_time()
+        await trio.sleep(200)
+        for _ in range(3):
+            await hold(scheduler, "ai/smol", 1.0)
+        released = trio.current_time()
+        await trio.sleep(loaded + 301 - trio.current_time())
+        assert len(scheduler.ps()) == 1  # the first countdown was replaced, not kept
+        await trio.sleep(released + 299 - trio.current_time())
+        assert len(scheduler.ps()) == 1
+        await trio.sleep(2)
+        assert scheduler.ps() == []
+
+
+async def test_a_shorter_keep_alive_on_a_request_wakes_the_idle_timer(autojump_clock):
+    backend, resolver = FakeBackend(load_seconds=1.0), FakeResolver()
+    resolver.add("ai/smol", 1)
+    async with running_scheduler(backend, resolver, default_keep_alive=300.0) as scheduler:
+        await scheduler.preload("ai/smol")
+        await trio.sleep(10)  # the timer now sleeps until the 300 s countdown ends
+        async with scheduler.acquire("ai/smol", keep_alive=5.0):
+            pass
+        released = trio.current_time()
+        await trio.sleep(4.9)
+        assert len(scheduler.ps()) == 1
+        await trio.sleep(0.2)
+        assert scheduler.ps() == []
+        assert trio.current_time() - released < 5.2
+
+
 async def test_keep_alive_zero_unloads_right_after_use(autojump_clock):
     backend, resolver = FakeBackend(load_seconds=1.0), FakeResolver()
     resolver.add("ai/smol", 1)
