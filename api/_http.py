@@ -213,8 +213,9 @@ class Exchange:
         Use it once the request body has been read (before that, a disconnect shows up as
         `ClientDisconnected` from the body reads). After a disconnect `client_gone` is True and the
         block exits silently: its cancellation is absorbed here. The watcher task runs in the
-        connection's nursery and has finished when this returns, so the connection can go on to
-        read the next request.
+        connection's nursery. Leaving the block withdraws its wait on the socket at once, so the
+        connection can read the next request without waiting for the watcher to wind down (this is
+        on every inference request's path); only a watcher caught reading is waited for.
         """
         conn = self._conn
         scope = trio.CancelScope()
@@ -222,25 +223,33 @@ class Exchange:
             with scope:
                 yield scope
             return
-        watcher_scope = trio.CancelScope()
-        watcher_done = trio.Event()
-        conn.nursery.start_soon(self._watch_disconnect, scope, watcher_scope, watcher_done)
+        watch = _DisconnectWatch(scope)
+        conn.nursery.start_soon(self._watch_disconnect, watch)
         try:
             with scope:
                 yield scope
         finally:
-            watcher_scope.cancel()
-            with trio.CancelScope(shield=True):
-                await watcher_done.wait()
+            watch.own_scope.cancel()
+            if watch.reading:
+                with trio.CancelScope(shield=True):
+                    await watch.done.wait()
 
-    async def _watch_disconnect(
-        self, scope: trio.CancelScope, watcher_scope: trio.CancelScope, done: trio.Event
-    ) -> None:
+    async def _watch_disconnect(self, watch: _DisconnectWatch) -> None:
         conn = self._conn
         try:
-            with watcher_scope:
+            with watch.own_scope:
+                if watch.block_ended():
+                    return  # the block ended before this task first ran; the socket is not ours
+                stream = conn.stream
+                if isinstance(stream, trio.SocketStream):
+                    # Wait without reading first: the socket is idle while a request is served, so
+                    # a read attempt would only cost a system call that finds nothing.
+                    await trio.lowlevel.wait_readable(stream.socket)
+                    if watch.block_ended():
+                        return  # readable as the block ended: the connection reads it itself
+                watch.reading = True
                 try:
-                    data = await conn.stream.receive_some(_RECEIVE_SIZE)
+                    data = await stream.receive_some(_RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
                 if data:
@@ -253,9 +262,9 @@ class Exchange:
                 self.client_gone = True
                 conn.peer_closed = True
                 conn.reader.feed_eof()
-                scope.cancel()
+                watch.request_scope.cancel()
         finally:
-            done.set()
+            watch.done.set()
 
     # -- response ------------------------------------------------------------------------------
 
@@ -324,6 +333,22 @@ class Exchange:
         self.response_finished = True
         if self._framing == "chunked":
             await self._conn.send_bytes(LAST_CHUNK)
+
+
+class _DisconnectWatch:
+    """One request's disconnect watcher: the scope it cancels, its own, and whether it reads."""
+
+    __slots__ = ("done", "own_scope", "reading", "request_scope")
+
+    def __init__(self, request_scope: trio.CancelScope) -> None:
+        self.request_scope = request_scope
+        self.own_scope = trio.CancelScope()
+        self.done = trio.Event()
+        self.reading = False
+        """Past its wait: it may be holding bytes the connection must see before reading on."""
+
+    def block_ended(self) -> bool:
+        return self.own_scope.cancel_called
 
 
 class _ServerConnection:

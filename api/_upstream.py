@@ -101,7 +101,7 @@ class UpstreamResponse:
         return None
 
     async def receive(self) -> bytes:
-        """The next piece of the body as it arrives; b"" at the end.
+        """The body bytes that have arrived (waiting for some if none have); b"" at the end.
 
         Raises:
             UpstreamError: the engine broke the connection mid-body.
@@ -115,7 +115,10 @@ class UpstreamResponse:
                 f"engine connection broke mid-response: {exc}", response_started=True
             ) from exc
         if isinstance(event, bytes):
-            return event
+            # Pieces that arrived together leave together: an engine that got ahead of the proxy
+            # (a burst of stream chunks in one read) costs one write to the client, not one each.
+            more = self._conn.reader.take_body()
+            return b"".join([event, *more]) if more else event
         if event is END:
             self._done = True
             return b""

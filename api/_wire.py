@@ -138,6 +138,14 @@ class MessageReader:
         """The next event, or None when more bytes are needed (or the peer has closed)."""
         return self._events.popleft() if self._events else None
 
+    def take_body(self) -> list[bytes]:
+        """The body pieces parsed already and next in line (up to the end of the message)."""
+        events = self._events
+        pieces: list[bytes] = []
+        while events and isinstance(events[0], bytes):
+            pieces.append(events.popleft())  # type: ignore[arg-type]
+        return pieces
+
     @property
     def pending(self) -> int:
         return len(self._events)

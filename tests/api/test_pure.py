@@ -457,6 +457,21 @@ def test_reader_pulls_pipelined_requests_and_chunked_bodies() -> None:
     assert isinstance(second, Head) and second.target == "/b" and second.keep_alive is False
 
 
+def test_reader_hands_over_the_body_pieces_that_arrived_together() -> None:
+    from modelrunner.api._wire import END, Head, MessageReader
+
+    reader = MessageReader(requests=False)
+    reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1\r\nc\r\n")
+    assert isinstance(reader.next_event(), Head)
+    assert reader.take_body() == [b"ab", b"c"]
+    assert reader.take_body() == []
+    reader.feed(b"1\r\nd\r\n0\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+    assert reader.take_body() == [b"d"]  # not past the end of the message
+    assert reader.next_event() is END
+    assert reader.take_body() == []
+    assert isinstance(reader.next_event(), Head)
+
+
 @pytest.mark.parametrize(
     ("raw", "status"),
     [

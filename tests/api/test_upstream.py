@@ -322,6 +322,34 @@ async def test_client_gone_during_a_slow_answer_cancels_upstream(fakes, tmp_path
             await served.fakes.scheduler.released_event.wait()
 
 
+async def test_pipelined_inference_requests_are_all_answered_in_order(fakes, tmp_path: Path) -> None:
+    async def slow_ok(stream: trio.SocketStream, engine: FakeEngine) -> None:
+        # Slow enough that the next pipelined request reaches the disconnect watcher first.
+        while await engine.read_request(stream) is not None:
+            await trio.sleep(0.05)
+            await stream.send_all(OK)
+
+    async with proxy_to(fakes, tmp_path, slow_ok) as (served, engine):
+        body = b'{"model": "ai/smollm2"}'
+        request = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        stream = await trio.open_tcp_stream("127.0.0.1", served.server.tcp_port or 0)
+        async with stream:
+            await stream.send_all(request)
+            await trio.sleep(0.02)  # the first is with the engine now
+            await stream.send_all(request * 2)
+            received = b""
+            with trio.fail_after(10):
+                while received.count(b'"value":42') < 3:
+                    chunk = await stream.receive_some(65536)
+                    assert chunk, f"connection closed after {received!r}"
+                    received += chunk
+        assert received.count(b"HTTP/1.1 200 ") == 3
+        assert engine.requests == 3
+
+
 async def test_pool_waits_at_its_connection_limit(tmp_path: Path) -> None:
     concurrent = 0
     peak = 0
