@@ -428,8 +428,8 @@ class Scheduler:
 
         Finds the ready runner, or waits for it to load (one load for any number of concurrent first
         requests), or waits for memory. ``keep_alive`` (seconds) overrides the runner's idle timeout
-        from now on, like Ollama's per-request ``keep_alive``. Entering is a checkpoint; cancellation
-        while waiting leaves the queue at once.
+        from now on, like Ollama's per-request ``keep_alive``. Entering checks for cancellation; it
+        yields only when it waits, and cancellation while waiting leaves the queue at once.
 
         Raises:
             ModelNotFound (or the resolver's own error), UnknownBackend, ModelTooLarge, QueueFull,
@@ -463,10 +463,9 @@ class Scheduler:
         key = RunnerKey(backend.name, spec.id, mode)
         slot = self._slots.get(key)
         if slot is not None and slot.state is RunnerState.READY:
-            # Straight through: never behind the queue of another model's load.
-            lease = self._grant(slot, keep_alive)
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return lease
+            # Straight through: never behind the queue of another model's load, and without a
+            # yield: this is on every request's path to the engine, which yields soon enough.
+            return self._grant(slot, keep_alive)
         ticket = self._pending.get(key)
         if ticket is None:
             ticket = self._new_ticket(key, model, spec, backend)
