@@ -22,6 +22,7 @@ a reset).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -375,7 +376,7 @@ class _ServerConnection:
             if reader.eof:
                 return None
             try:
-                data = await self.stream.receive_some(_RECEIVE_SIZE)
+                data = await self._receive()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if data:
@@ -388,10 +389,36 @@ class _ServerConnection:
                 self.peer_closed = True
                 reader.feed_eof()
 
+    # A socket is read and written directly, waiting through trio only when it is not ready:
+    # trio's stream methods yield to the scheduler after every call that succeeded, a pass of the
+    # run loop on the request's way to the engine and one after every streamed chunk. The
+    # descriptor is asked for each time, so a closed socket reads as -1, never as a reused one.
+
+    async def _receive(self) -> bytes:
+        stream = self.stream
+        if not isinstance(stream, trio.SocketStream):
+            return bytes(await stream.receive_some(_RECEIVE_SIZE))
+        while True:
+            try:
+                return os.read(stream.socket.fileno(), _RECEIVE_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(stream.socket)
+            except OSError as exc:  # reset by the peer, or closed under us
+                raise trio.BrokenResourceError(str(exc)) from exc
+
     async def send_bytes(self, data: bytes) -> None:
+        stream = self.stream
         try:
-            await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if isinstance(stream, trio.SocketStream):
+                try:
+                    sent = os.write(stream.socket.fileno(), data)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(data):
+                    return
+                data = data[sent:]  # the client reads slowly: wait for room the usual way
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self.peer_closed = True
             raise ClientDisconnected("client closed the connection") from exc
 
