@@ -1,8 +1,9 @@
 """The application: route a request, apply CORS, run its handler, render errors in the route's style.
 
 Handlers raise `ApiError` (or any lower-layer error, mapped by `map_exception`); rendering happens
-in one place (`ApiApp.__call__`), as DMR text on `/models`, `/engines` admin and misc routes and as
-OpenAI JSON on `/v1`, `/rerank` and `/score` routes.
+in one place (`ApiApp.__call__`), as DMR text on `/models`, `/engines` admin and misc routes, as
+OpenAI JSON on `/v1`, `/rerank` and `/score` routes, and in Ollama's and Anthropic's own error
+shapes on `/api` and `/anthropic` (whose handlers live in `_compat.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from modelrunner.api._anthropic import render_anthropic
+from modelrunner.api._compat import CompatLayers
 from modelrunner.api._config import ApiConfig
 from modelrunner.api._cors import PREFLIGHT_HEADERS, CorsDecision, CorsPolicy
 from modelrunner.api._errors import ApiError, map_exception, render_dmr, render_openai
@@ -30,8 +33,10 @@ from modelrunner.api._metrics import (
     relabel_engine_metrics,
     render_families,
 )
+from modelrunner.api._ollama import render_ollama
 from modelrunner.api._openai import openai_model_list, openai_model_object
 from modelrunner.api._proxy import InferenceProxy
+from modelrunner.api._recorder import Record, RequestRecorder, record_object
 from modelrunner.api._routing import ErrorStyle, Route, RouteKind, parse_query, route, split_target
 from modelrunner.api._upstream import PoolSet
 from modelrunner.api.ports import BackendsPort, ConfigRow, ModelManager, RunnerRow, SchedulerPort
@@ -47,6 +52,15 @@ Headers = list[tuple[bytes, bytes]]
 
 BANNER = b"Docker Model Runner is running"
 _ZERO_TIME = "0001-01-01T00:00:00Z"
+
+_RENDERERS = {
+    ErrorStyle.DMR: render_dmr,
+    ErrorStyle.OPENAI: render_openai,
+    ErrorStyle.OLLAMA: render_ollama,
+    ErrorStyle.ANTHROPIC: render_anthropic,
+}
+# DMR's Anthropic layer answers an over-long body 413; the Ollama layer does the same here.
+_TOO_LARGE_STATUS = {ErrorStyle.OLLAMA: 413, ErrorStyle.ANTHROPIC: 413}
 
 
 @dataclass(frozen=True)
@@ -120,6 +134,12 @@ def _render_config_row(row: ConfigRow) -> dict[str, Any]:
     }
 
 
+def _sse_event(name: str, value: object) -> bytes:
+    return (
+        b"event: " + name.encode() + b"\ndata: " + json.dumps(value, separators=(",", ":")).encode() + b"\n\n"
+    )
+
+
 def _html_escape(data: bytes) -> bytes:
     # Go's html.EscapeString, byte for byte (its entities differ from Python's html.escape).
     return (
@@ -189,7 +209,9 @@ class ApiApp:
             self.metrics,
             config.body_limit,
             config.pool_max_connections,
+            RequestRecorder() if config.record_requests else None,
         )
+        compat = CompatLayers(services.scheduler, services.models, self.proxy)
         self._handlers: dict[RouteKind, Callable[[Exchange, Route, str, Headers], Awaitable[None]]] = {
             RouteKind.ROOT: self._root,
             RouteKind.VERSION: self._version,
@@ -212,11 +234,22 @@ class ApiApp:
             RouteKind.ENGINES_UNLOAD: self._engines_unload,
             RouteKind.ENGINES_CONFIGURE: self._engines_configure,
             RouteKind.ENGINES_CONFIGURATIONS: self._engines_configurations,
+            RouteKind.ENGINES_REQUESTS: self._engines_requests,
             RouteKind.ENGINES_INSTALL: self._engines_install,
             RouteKind.ENGINES_UNINSTALL: self._engines_uninstall,
             RouteKind.OPENAI_MODELS: self._openai_models,
             RouteKind.OPENAI_MODEL: self._openai_model,
             RouteKind.INFERENCE: self.proxy.handle,
+            RouteKind.OLLAMA_VERSION: compat.ollama_version,
+            RouteKind.OLLAMA_TAGS: compat.ollama_tags,
+            RouteKind.OLLAMA_PS: compat.ollama_ps,
+            RouteKind.OLLAMA_SHOW: compat.ollama_show,
+            RouteKind.OLLAMA_CHAT: compat.ollama_chat,
+            RouteKind.OLLAMA_GENERATE: compat.ollama_generate,
+            RouteKind.OLLAMA_PULL: compat.ollama_pull,
+            RouteKind.OLLAMA_DELETE: compat.ollama_delete,
+            RouteKind.ANTHROPIC_MESSAGES: compat.anthropic_messages,
+            RouteKind.METHOD_NOT_ALLOWED: self._method_not_allowed,
             RouteKind.NOT_FOUND: self._not_found,
         }
 
@@ -253,7 +286,8 @@ class ApiApp:
 
     async def _answer_error(self, ex: Exchange, matched: Route, exc: Exception, extra: Headers) -> None:
         if isinstance(exc, BodyTooLarge):
-            exc = ApiError(400, f"request too large: the body exceeds {exc.limit} bytes", close=True)
+            status = _TOO_LARGE_STATUS.get(matched.style, 400)
+            exc = ApiError(status, f"request too large: the body exceeds {exc.limit} bytes", close=True)
         error = map_exception(exc)
         if isinstance(exc, BodyReadTimeout):
             error.close = True  # the rest of the body may still come: do not parse it as a request
@@ -264,7 +298,7 @@ class ApiApp:
         if ex.response_started:
             # Too late for a status: drop the connection so the client sees a broken response.
             raise ClientDisconnected(f"error after the response started: {error.message}") from exc
-        status, headers, body = (render_openai if matched.style is ErrorStyle.OPENAI else render_dmr)(error)
+        status, headers, body = _RENDERERS[matched.style](error)
         headers = [*headers, *extra]
         if error.close:
             headers.append((b"connection", b"close"))
@@ -299,6 +333,10 @@ class ApiApp:
 
     async def _not_found(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
         raise ApiError(404, "not found")
+
+    async def _method_not_allowed(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
+        allow = route.allow.encode("latin-1")
+        raise ApiError(405, f"method {ex.method} not allowed: use {route.allow}", headers=[(b"allow", allow)])
 
     async def _metrics(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
         if not self.config.metrics_enabled:
@@ -566,6 +604,62 @@ class ApiApp:
         model = parse_query(query).get("model", [""])[0] or None
         rows = self.services.scheduler.configs(model)
         await self._json(ex, [_render_config_row(row) for row in rows], extra)
+
+    async def _engines_requests(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
+        """DMR's `GET /engines/requests`: the recorded requests as JSON, or followed as SSE."""
+        recorder = self.proxy.recorder
+        params = parse_query(query)
+        model = params.get("model", [""])[0]
+        model_id = await self._resolve_model_id(model) if model else None
+        if ex.header(b"accept") != b"text/event-stream":
+            groups = [] if recorder is None else recorder.records(model_id)
+            answer = [self._records_object(key, records) for key, records in groups]
+            await self._json(ex, answer, extra)
+            return
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), *extra]
+        await ex.start_response(200, headers)
+        if recorder is None:
+            await ex.send(b'event: connected\ndata: {"status": "connected"}\n\n')
+            await ex.end_response()
+            return
+        async with ex.cancel_on_disconnect():
+            with recorder.follow() as finished:
+                if params.get("include_existing", [""])[0] == "true":
+                    for key, records in recorder.records(model_id):
+                        for record in records:
+                            await ex.send(
+                                _sse_event("existing_request", [self._records_object(key, [record])])
+                            )
+                await ex.send(b'event: connected\ndata: {"status": "connected"}\n\n')
+                async for record in finished:
+                    if model and record.model != model:
+                        continue
+                    await ex.send(_sse_event("new_request", [self._records_object(record.model, [record])]))
+        if not ex.client_gone:
+            await ex.end_response()
+
+    async def _resolve_model_id(self, reference: str) -> str:
+        try:
+            found = await self.services.models.get_model(reference)
+        except Exception:
+            return reference  # DMR's ResolveID: an unknown reference stays as given
+        model_id = found.get("id") if isinstance(found, dict) else None
+        return model_id if isinstance(model_id, str) else reference
+
+    def _records_object(self, model: str, records: list[Record]) -> dict[str, Any]:
+        config: dict[str, Any] = {}
+        try:
+            rows = self.services.scheduler.configs(records[0].model_id) if records else []
+        except Exception:  # the model was deleted since: its records stay, its settings are gone
+            rows = []
+        if rows:
+            config = _render_config_row(rows[0])["Config"]
+        return {
+            "count": len(records),
+            "model": model,
+            "config": config,
+            "records": [record_object(record) for record in records],
+        }
 
     async def _backend_request(self, ex: Exchange) -> str:
         request = await self._read_json(ex)

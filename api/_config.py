@@ -55,6 +55,8 @@ class ApiConfig:
     """Idle keep-alive connections kept per runner socket."""
     pool_max_connections: int = 16
     """Connections per runner at most (llama.cpp runners: their parallel slots, if fewer)."""
+    record_requests: bool = True
+    """Keep the last requests per model for `GET /engines/requests` (as DMR does)."""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], **overrides: Any) -> ApiConfig:

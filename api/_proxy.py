@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import trio
@@ -32,6 +34,7 @@ from modelrunner.api._errors import ApiError
 from modelrunner.api._http import BodyTooLarge, ClientDisconnected, Exchange
 from modelrunner.api._metrics import ApiMetrics
 from modelrunner.api._openai import classify_engine_error, requested_model
+from modelrunner.api._recorder import Record, RequestRecorder
 from modelrunner.api._routing import Route
 from modelrunner.api._sse import SSEFramer, encode_model_name, rewrite_model
 from modelrunner.api._upstream import (
@@ -118,6 +121,8 @@ class InferenceProxy:
     body_limit: int = 10 << 20
     max_connections: int = 16
     """Connections per runner at most; for llama.cpp, its slot count when lower."""
+    recorder: RequestRecorder | None = None
+    """Keeps the last requests per model for `GET /engines/requests`."""
 
     async def handle(self, ex: Exchange, route: Route, query: str, extra_headers: Headers) -> None:
         """Serve one inference request; raises ApiError for answers in the route's error style."""
@@ -144,7 +149,10 @@ class InferenceProxy:
                 if preload_only:
                     await ex.respond(200, list(extra_headers))
                 else:
-                    await self._forward(ex, lease, target.encode("latin-1"), body, model, extra_headers)
+                    with self.recording(ex, lease, model=model, url=route.path, body=body) as record:
+                        await self._forward(
+                            ex, lease, target.encode("latin-1"), body, model, extra_headers, record
+                        )
                 outcome = "ok"
             if ex.client_gone:
                 outcome = "client_gone"
@@ -153,20 +161,67 @@ class InferenceProxy:
                 route.mode.value, outcome, ex.status, time.perf_counter() - started
             )
 
-    async def _forward(
-        self, ex: Exchange, lease: LeasePort, target: bytes, body: bytes, model: str, extra_headers: Headers
-    ) -> None:
+    @contextmanager
+    def recording(
+        self, ex: Exchange, lease: LeasePort, *, model: str, url: str, body: bytes, origin: str | None = None
+    ) -> Iterator[Record | None]:
+        """Record the request for `GET /engines/requests` (None when recording is off).
+
+        The answer is taken from `engine_request(..., record=...)`; an error raised as `ApiError`
+        is recorded as the answer, and a request that ends without one gets status 0 (shown 408).
+        """
+        recorder = self.recorder
+        if recorder is None:
+            yield None
+            return
+        record = recorder.begin(
+            model_id=lease.model_id,
+            model=model,
+            method=ex.method,
+            url=url,
+            body=body,
+            user_agent=ex.header_str(b"user-agent") or "",
+            origin=origin if origin is not None else ex.header_str(b"x-request-origin") or "",
+        )
+        try:
+            yield record
+        except ApiError as exc:
+            recorder.finish(record, exc.status, exc.message.encode())
+            raise
+        finally:
+            recorder.finish(record, ex.status if ex.response_started else 0)
+
+    @asynccontextmanager
+    async def engine_request(
+        self,
+        ex: Exchange,
+        lease: LeasePort,
+        target: bytes,
+        headers: Headers,
+        body: bytes,
+        *,
+        model: str,
+        record: Record | None = None,
+    ) -> AsyncIterator[UpstreamResponse]:
+        """POST to the lease's runner over its pool and yield the response once its head arrived.
+
+        Every layer (OpenAI, Ollama, Anthropic) reaches engines through here, so failures mean the
+        same everywhere, and `record` keeps what the engine sends.
+
+        Raises:
+            ApiError: 502 when the engine cannot be reached or fails before answering (the runner is
+                reported broken).
+            ClientDisconnected: the engine failed after the answer started (the client connection is
+                dropped so a truncated body is never taken for a whole one).
+        """
         pool = self.pools.get(lease.socket_path)
-        headers = upstream_request_headers(ex.headers)
         try:
             if not pool.capacity_known:
                 await self._learn_capacity(pool, lease.backend)
             async with pool.request(b"POST", target, headers, body) as response:
-                content_type = response.header(b"content-type") or b""
-                if content_type.startswith(b"text/event-stream"):
-                    await self._stream(ex, response, model, extra_headers)
-                else:
-                    await self._relay(ex, response, model, extra_headers, content_type)
+                if record is not None:
+                    response.tap = record.add
+                yield response
         except UpstreamConnectError as exc:
             lease.mark_broken(str(exc))
             await self.pools.discard(lease.socket_path)
@@ -176,6 +231,26 @@ class InferenceProxy:
             if ex.response_started:
                 raise ClientDisconnected(f"engine failed mid-response: {exc}") from exc
             raise ApiError(502, f"the engine for {model!r} failed: {exc}") from exc
+
+    async def _forward(
+        self,
+        ex: Exchange,
+        lease: LeasePort,
+        target: bytes,
+        body: bytes,
+        model: str,
+        extra_headers: Headers,
+        record: Record | None,
+    ) -> None:
+        headers = upstream_request_headers(ex.headers)
+        async with self.engine_request(
+            ex, lease, target, headers, body, model=model, record=record
+        ) as response:
+            content_type = response.header(b"content-type") or b""
+            if content_type.startswith(b"text/event-stream"):
+                await self._stream(ex, response, model, extra_headers)
+            else:
+                await self._relay(ex, response, model, extra_headers, content_type)
 
     async def _learn_capacity(self, pool: UnixConnectionPool, backend: str) -> None:
         """Bound the pool by the engine's parallel slots (llama-server's `total_slots`) plus one, once.

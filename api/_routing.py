@@ -10,7 +10,10 @@ Theory of operation. Docker Model Runner serves everything from one Go `ServeMux
 * `/v1/...`, `/rerank` and `/score` are internal aliases of `/engines/v1/...`, `/engines/rerank` and
   `/engines/score`;
 * the `/models` and `/engines` sub-trees end in a catch-all, so an unknown sub-path *or a wrong
-  method* there answers 404 `not found`.
+  method* there answers 404 `not found`;
+* the compatibility layers live under `/api` (Ollama) and `/anthropic` (Anthropic Messages). Their
+  sub-routers are Go's plain method+pattern muxes, so a known path with the wrong method answers
+  405 (with `Allow`) and an unknown path 404, each in the layer's own error format.
 
 `route()` returns a `Route` naming the handler (`RouteKind`) and the values taken from the path
 (backend, model reference, action, inference mode, upstream path). Whether a backend name is known
@@ -78,19 +81,35 @@ class RouteKind(enum.Enum):
     ENGINES_CONFIGURATIONS = "engines.configurations"
     ENGINES_INSTALL = "engines.install_backend"
     ENGINES_UNINSTALL = "engines.uninstall_backend"
+    ENGINES_REQUESTS = "engines.requests"
 
     OPENAI_MODELS = "openai.models"
     OPENAI_MODEL = "openai.model"
     INFERENCE = "inference"
 
+    OLLAMA_VERSION = "ollama.version"
+    OLLAMA_TAGS = "ollama.tags"
+    OLLAMA_PS = "ollama.ps"
+    OLLAMA_SHOW = "ollama.show"
+    OLLAMA_CHAT = "ollama.chat"
+    OLLAMA_GENERATE = "ollama.generate"
+    OLLAMA_PULL = "ollama.pull"
+    OLLAMA_DELETE = "ollama.delete"
+
+    ANTHROPIC_MESSAGES = "anthropic.messages"
+
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     NOT_FOUND = "not_found"
 
 
 class ErrorStyle(enum.Enum):
-    """How errors are written for a route: DMR's plain text or OpenAI's JSON object."""
+    """How errors are written for a route: DMR's plain text, or the JSON error object of the API the
+    route imitates (OpenAI, Ollama, Anthropic)."""
 
     DMR = "dmr"
     OPENAI = "openai"
+    OLLAMA = "ollama"
+    ANTHROPIC = "anthropic"
 
 
 # Admin routes under /engines (these names can never be backends): method -> kind.
@@ -102,6 +121,26 @@ _ENGINES_ADMIN: dict[str, dict[str, RouteKind]] = {
     "_configure": {"POST": RouteKind.ENGINES_CONFIGURE, "GET": RouteKind.ENGINES_CONFIGURATIONS},
     "install-backend": {"POST": RouteKind.ENGINES_INSTALL},
     "uninstall-backend": {"POST": RouteKind.ENGINES_UNINSTALL},
+    "requests": {"GET": RouteKind.ENGINES_REQUESTS},
+}
+
+# Ollama's routes below `/api/` (DMR `pkg/ollama/http_handler.go`): name -> (method, kind). Go's
+# mux lets a GET pattern answer HEAD too.
+_OLLAMA: dict[str, tuple[str, RouteKind]] = {
+    "version": ("GET", RouteKind.OLLAMA_VERSION),
+    "tags": ("GET", RouteKind.OLLAMA_TAGS),
+    "ps": ("GET", RouteKind.OLLAMA_PS),
+    "show": ("POST", RouteKind.OLLAMA_SHOW),
+    "chat": ("POST", RouteKind.OLLAMA_CHAT),
+    "generate": ("POST", RouteKind.OLLAMA_GENERATE),
+    "pull": ("POST", RouteKind.OLLAMA_PULL),
+    "delete": ("DELETE", RouteKind.OLLAMA_DELETE),
+}
+
+# Anthropic's routes below `/anthropic/v1/` and the engine path each is forwarded to.
+_ANTHROPIC: dict[str, str] = {
+    "messages": "/v1/messages",
+    "messages/count_tokens": "/v1/messages/count_tokens",
 }
 
 
@@ -121,7 +160,10 @@ class Route:
     """The unknown action of `MODEL_UNKNOWN_ACTION`."""
     mode: Mode | None = None
     upstream_path: str = ""
-    """For INFERENCE: the path on the engine, trimmed to start at `/v1/`, `/rerank` or `/score`."""
+    """For INFERENCE: the path on the engine, trimmed to start at `/v1/`, `/rerank` or `/score`;
+    for ANTHROPIC_MESSAGES: `/v1/messages` or `/v1/messages/count_tokens`."""
+    allow: str = ""
+    """For METHOD_NOT_ALLOWED: the method the path answers (the `Allow` header)."""
 
 
 def split_target(target: str) -> tuple[str, str]:
@@ -193,7 +235,38 @@ def route(method: str, path: str) -> Route:
         return _route_models(method, path)
     if path == "/engines" or path.startswith("/engines/"):
         return _route_engines(method, path)
+    if path.startswith("/api/"):
+        return _route_ollama(method, path)
+    if path.startswith("/anthropic/"):
+        return _route_anthropic(method, path)
     return Route(RouteKind.NOT_FOUND, path)
+
+
+def _route_ollama(method: str, path: str) -> Route:
+    entry = _OLLAMA.get(path[len("/api/") :])
+    if entry is None:
+        return Route(RouteKind.NOT_FOUND, path, cors=True, style=ErrorStyle.OLLAMA)
+    allowed, kind = entry
+    if method == allowed or (method == "HEAD" and allowed == "GET"):
+        return Route(kind, path, cors=True, style=ErrorStyle.OLLAMA)
+    allow = "GET, HEAD" if allowed == "GET" else allowed
+    return Route(RouteKind.METHOD_NOT_ALLOWED, path, cors=True, style=ErrorStyle.OLLAMA, allow=allow)
+
+
+def _route_anthropic(method: str, path: str) -> Route:
+    upstream = _ANTHROPIC.get(path[len("/anthropic/v1/") :]) if path.startswith("/anthropic/v1/") else None
+    if upstream is None:
+        return Route(RouteKind.NOT_FOUND, path, cors=True, style=ErrorStyle.ANTHROPIC)
+    if method != "POST":
+        return Route(RouteKind.METHOD_NOT_ALLOWED, path, cors=True, style=ErrorStyle.ANTHROPIC, allow="POST")
+    return Route(
+        RouteKind.ANTHROPIC_MESSAGES,
+        path,
+        cors=True,
+        style=ErrorStyle.ANTHROPIC,
+        mode=Mode.COMPLETION,
+        upstream_path=upstream,
+    )
 
 
 def _route_models(method: str, path: str) -> Route:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +126,8 @@ class UpstreamResponse:
     _conn: _Connection
     _close_delimited: bool = False
     _done: bool = False
+    tap: Callable[[bytes], None] | None = None
+    """Called with each piece of the body as it is received (the request recorder)."""
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -151,7 +153,10 @@ class UpstreamResponse:
             # Pieces that arrived together leave together: an engine that got ahead of the proxy
             # (a burst of stream chunks in one read) costs one write to the client, not one each.
             more = self._conn.reader.take_body()
-            return b"".join([event, *more]) if more else event
+            data = b"".join([event, *more]) if more else event
+            if self.tap is not None:
+                self.tap(data)
+            return data
         if event is END:
             self._done = True
             return b""

@@ -260,6 +260,30 @@ def cmd_logs(ctx: Context, args: argparse.Namespace) -> ExitStatus:
     return ExitStatus.SUCCESS
 
 
+def cmd_requests(ctx: Context, args: argparse.Namespace) -> ExitStatus:
+    params = {"model": args.model} if args.model else {}
+    if not args.follow:
+        if args.include_existing:
+            raise UsageError("--include-existing only applies with --follow")
+        ctx.print_json(ctx.client().get_json("/engines/requests", params=params))
+        return ExitStatus.SUCCESS
+    if args.include_existing:
+        params["include_existing"] = "true"
+    headers = {"Accept": "text/event-stream"}
+    with ctx.client().stream("GET", "/engines/requests", params=params, headers=headers) as response:
+        # One JSON document per line: each finished request as the daemon announces it.
+        event = ""
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line[len("event:") :].strip()
+            elif line.startswith("data:") and event in ("new_request", "existing_request"):
+                ctx.stdout.write(line[len("data:") :].strip() + "\n")
+                ctx.stdout.flush()
+            elif not line:
+                event = ""
+    return ExitStatus.SUCCESS
+
+
 # --- status / version -------------------------------------------------------------------------
 
 

@@ -282,6 +282,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument("--no-engines", action="store_true", help="only the daemon's own log")
 
+    p = verb("requests", c.cmd_requests, "show the last requests and answers of each model")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing requests as they finish")
+    p.add_argument(
+        "--include-existing", action="store_true", help="with --follow: start with the recorded ones"
+    )
+    p.add_argument("--model", metavar="MODEL", help="only this model's requests")
+
     p = verb("status", c.cmd_status, "check that the daemon runs, and its engines' state")
     p.add_argument("--json", action="store_true", help="print as JSON (includes the containerd address)")
 

@@ -1,4 +1,5 @@
-"""Shared pytest configuration: every area's fixtures live in tests/fixtures/ as plugins."""
+"""Shared pytest configuration: every area's fixtures live in tests/fixtures/ as plugins (the real-engine
+API fixtures in tests/api/llama_fixtures.py, shared by the proxy and compatibility-layer suites)."""
 
 pytest_plugins = [
     "tests.fixtures.engine",
@@ -7,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.containerd",
     "tests.fixtures.images",
     "tests.fixtures.engines",
+    "tests.api.llama_fixtures",
 ]

@@ -4,74 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 import testmodels
 import trio
-from modelrunner.api import ApiConfig, ApiServer, ApiServices, open_api_server
 from modelrunner.engines import Mode
 
-from tests.api.conftest import FakeBackends, FakeModels, model_object
-from tests.api.runners import RunnerPool, http_get_unix
+# The fixtures (`runner_pool`, `llama_api`) come from the tests.api.llama_fixtures plugin.
+from tests.api.llama_fixtures import CHAT, EMBED, TOOL, WEATHER_TOOL, LlamaApi
+from tests.api.runners import http_get_unix
 
 pytestmark = pytest.mark.integration
-
-CHAT = "ai/tiny-chat"
-TOOL = "ai/tiny-tool"
-EMBED = "ai/tiny-embed"
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
-
-
-@pytest.fixture(scope="session")
-def runner_pool(llamacpp_engine, test_models) -> Iterator[RunnerPool]:
-    pool = RunnerPool(
-        llamacpp_engine.binary,
-        {CHAT: test_models.chat, TOOL: test_models.chat_tool, EMBED: test_models.embed},
-    )
-    try:
-        yield pool
-    finally:
-        pool.close()
-
-
-@dataclass
-class LlamaApi:
-    server: ApiServer
-    pool: RunnerPool
-    sdk: openai.AsyncOpenAI
-    http: httpx.AsyncClient
-
-
-@pytest.fixture
-async def llama_api(runner_pool: RunnerPool, tmp_path: Path) -> AsyncIterator[LlamaApi]:
-    models = FakeModels(
-        models={
-            name: model_object(entry.model_id, [f"docker.io/{name}:latest"])
-            for name, entry in runner_pool.models.items()
-        }
-    )
-    services = ApiServices(runner_pool, FakeBackends(), models)  # type: ignore[arg-type]
-    config = ApiConfig(tcp=("127.0.0.1", 0), unix_path=tmp_path / "api.sock", version="test")
-    async with open_api_server(services, config) as server:
-        sdk = openai.AsyncOpenAI(
-            base_url=server.base_url + "/engines/v1", api_key="unused", max_retries=0, timeout=30
-        )
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
-            yield LlamaApi(server, runner_pool, sdk, http)
-        await sdk.close()
 
 
 async def test_models_list(llama_api: LlamaApi) -> None:

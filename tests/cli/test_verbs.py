@@ -435,6 +435,31 @@ def test_logs_into_a_closed_pipe(fake_daemon: FakeDaemon, cli: CLI) -> None:
     assert shell.stderr == ""
 
 
+def test_requests_prints_the_records_and_follows_new_ones(cli: CLI, fake_daemon: FakeDaemon) -> None:
+    record = {"id": "r1", "status_code": 200}
+    records = [{"count": 1, "model": "sha256:abc", "config": {}, "records": [record]}]
+    fake_daemon.on("GET", "/engines/requests", Reply.json(records))
+    result = cli("requests", "--model", "ai/smollm2")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == records
+    (request,) = fake_daemon.requests_to("GET", "/engines/requests")
+    assert request.query == {"model": ["ai/smollm2"]}
+
+    events = [
+        b'event: existing_request\ndata: [{"count":1,"records":[{"id":"r1"}]}]\n\n',
+        b'event: connected\ndata: {"status": "connected"}\n\n',
+        b'event: new_request\ndata: [{"count":1,"records":[{"id":"r2"}]}]\n\n',
+    ]
+    fake_daemon.on("GET", "/engines/requests", Reply(200, content_type="text/event-stream", chunks=events))
+    result = cli("requests", "-f", "--include-existing")
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)[0]["records"][0]["id"] for line in result.stdout.splitlines()] == ["r1", "r2"]
+    request = fake_daemon.requests_to("GET", "/engines/requests")[-1]
+    assert request.query == {"include_existing": ["true"]}
+    assert request.headers["accept"] == "text/event-stream"
+    assert cli("requests", "--include-existing").returncode == 2
+
+
 # --- status / version ---------------------------------------------------------------------------------
 
 

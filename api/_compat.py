@@ -1,0 +1,383 @@
+"""Handlers of the compatibility layers: Ollama (`/api/*`) and Anthropic (`/anthropic/v1/*`).
+
+The shapes live in the pure modules `_ollama.py` and `_anthropic.py`; this module does the I/O with
+the pieces the OpenAI proxy uses, so both layers behave like the proxy where it matters:
+
+* a runner is held through `scheduler.acquire(model, mode, backend)` for the whole answer, under
+  `Exchange.cancel_on_disconnect`, so a client that leaves stops the engine's work;
+* the engine is reached over the runner's keep-alive pool (`PoolSet.get(lease.socket_path)`), and
+  a failure there is handled as in `InferenceProxy._forward`: 502 before the answer started, the
+  lease marked broken, a dropped connection after it started;
+* SSE from the engine is split by `SSEFramer` and forwarded (Anthropic) or translated (Ollama)
+  one batch of whole events at a time, as it arrives.
+
+Ollama's runner settings go through the scheduler, not the request: `keep_alive` is the lease's
+per-request idle timeout (`acquire(keep_alive=...)`), an empty request with `keep_alive` 0 is
+`scheduler.unload`, and `options.num_ctx` is a `_configure` context size (merged into the model's
+stored settings, applied only when it changes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+from modelrunner.api import _anthropic, _ollama
+from modelrunner.api._errors import ApiError, map_exception
+from modelrunner.api._http import ClientDisconnected, Exchange
+from modelrunner.api._proxy import InferenceProxy, filter_response_headers, upstream_request_headers
+from modelrunner.api._routing import Route
+from modelrunner.api._sse import SSEFramer, encode_model_name, rewrite_model
+from modelrunner.api._upstream import UpstreamResponse
+from modelrunner.api.ports import ModelManager, SchedulerPort
+from modelrunner.distribution.progress import ProgressEvent
+from modelrunner.engines import Mode
+from modelrunner.scheduler import ConfigureRequest, RunnerInUse
+
+__all__ = ["CompatLayers"]
+
+log = logging.getLogger("modelrunner.api.compat")
+
+Headers = list[tuple[bytes, bytes]]
+
+_JSON = b"application/json"
+_NDJSON = b"application/x-ndjson"
+_CHAT_PATH = b"/v1/chat/completions"
+# How DMR's request records show these layers (`X-Request-Origin` of its internal requests).
+_RECORDED_CHAT_URL = "/engines/v1/chat/completions"
+_OLLAMA_ORIGIN = "ollama/completion"
+_ANTHROPIC_ORIGIN = "anthropic/messages"
+_ENGINE_HEADERS: Headers = [(b"host", b"localhost"), (b"content-type", b"application/json")]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ns_since(started: float) -> int:
+    return round((time.perf_counter() - started) * 1e9)
+
+
+async def _ignore_progress(event: ProgressEvent) -> None:
+    return None
+
+
+class CompatLayers:
+    """The Ollama and Anthropic route handlers (`await layers.ollama_chat(ex, route, query, extra)`)."""
+
+    def __init__(self, scheduler: SchedulerPort, models: ModelManager, proxy: InferenceProxy) -> None:
+        self.scheduler = scheduler
+        self.models = models
+        self.proxy = proxy
+
+    # -- shared ----------------------------------------------------------------------------------
+
+    async def _json(self, ex: Exchange, value: object, extra: Headers, status: int = 200) -> None:
+        await ex.respond(status, [(b"content-type", _JSON), *extra], _ollama.json_line(value))
+
+    async def _read_object(self, ex: Exchange) -> dict[str, object]:
+        """The body as a JSON object (Ollama-style 400s; too large is 413 in `ApiApp`)."""
+        body = await ex.read_body(self.proxy.body_limit)
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:  # UnicodeDecodeError included
+            detail = str(exc) if body.strip() else "the body is empty"
+            raise ApiError(400, f"invalid request: the body is not valid JSON ({detail})") from None
+        return _ollama.request_object(payload)
+
+    # -- Ollama: models ------------------------------------------------------------------------------
+
+    async def ollama_version(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
+        await self._json(ex, {"version": _ollama.OLLAMA_VERSION}, extra)
+
+    async def ollama_tags(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
+        await self._json(ex, _ollama.tags_response(await self.models.list_models()), extra)
+
+    async def ollama_show(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
+        name = _ollama.model_name(await self._read_object(ex))
+        try:
+            model = await self.models.get_model(name)
+        except Exception as exc:
+            if map_exception(exc).status == 404:
+                raise ApiError(404, f"model {name!r} not found") from exc
+            raise
+        await self._json(ex, _ollama.show_response(model), extra)
+
+    async def ollama_ps(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
+        rows = list(self.scheduler.ps())
+        models: list[dict[str, Any] | None] = []
+        for row in rows:
+            try:
+                models.append(await self.models.get_model(row.model_id))
+            except Exception as exc:  # a runner whose model left the store is still listed
+                log.debug("no model object for runner of %s: %s", row.model_name, exc)
+                models.append(None)
+        await self._json(ex, _ollama.ps_response(rows, models), extra)
+
+    async def ollama_delete(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
+        name = _ollama.model_name(await self._read_object(ex))
+        await self.scheduler.unload(models=(name,))  # idle runners go first, as in DMR
+        await self.models.delete(name, force=False)
+        await self._json(ex, {}, extra)
+
+    async def ollama_pull(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
+        payload = await self._read_object(ex)
+        name = _ollama.model_name(payload)
+        for key in ("insecure", "stream"):
+            if payload.get(key) is not None and not isinstance(payload.get(key), bool):
+                raise ApiError(400, f"invalid request: '{key}' must be a boolean")
+        if payload.get("stream") is False:
+            await self._pull_quietly(ex, name, extra)
+            return
+        success_sent = False
+
+        async def progress(event: ProgressEvent) -> None:
+            nonlocal success_sent
+            line = _ollama.pull_status(event)
+            success_sent = success_sent or line.get("status") == "success"
+            if not ex.response_started:
+                await ex.start_response(200, [(b"content-type", _NDJSON), *extra])
+            await ex.send(_ollama.json_line(line))
+
+        try:
+            async with ex.cancel_on_disconnect():
+                await self.models.pull(name, progress=progress)
+        except ClientDisconnected:
+            raise
+        except Exception as exc:
+            error = map_exception(exc)
+            if not ex.response_started:  # nothing sent yet: the failure keeps its own status
+                raise ApiError(error.status, f"Failed to pull model: {error.message}") from exc
+            log.warning("pull of %s failed after progress started: %s", name, error.message)
+            await ex.send(_ollama.json_line({"error": f"Failed to pull model: {error.message}"}))
+            await ex.end_response()
+            return
+        if ex.client_gone:
+            return
+        if not success_sent:
+            if not ex.response_started:
+                await ex.start_response(200, [(b"content-type", _NDJSON), *extra])
+            await ex.send(_ollama.json_line({"status": "success"}))
+        await ex.end_response()
+
+    async def _pull_quietly(self, ex: Exchange, name: str, extra: Headers) -> None:
+        """`stream: false`: one answer once the pull is over."""
+        try:
+            async with ex.cancel_on_disconnect():
+                await self.models.pull(name, progress=_ignore_progress)
+        except ClientDisconnected:
+            raise
+        except Exception as exc:
+            error = map_exception(exc)
+            raise ApiError(error.status, f"Failed to pull model: {error.message}") from exc
+        if not ex.client_gone:
+            await self._json(ex, {"status": "success"}, extra)
+
+    # -- Ollama: inference ---------------------------------------------------------------------------
+
+    async def ollama_chat(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
+        request = _ollama.parse_chat_request(await self._read_object(ex))
+        await self._ollama_inference(ex, request, extra, generate=False)
+
+    async def ollama_generate(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
+        request = _ollama.parse_generate_request(await self._read_object(ex))
+        await self._ollama_inference(ex, request, extra, generate=True)
+
+    async def _ollama_inference(
+        self, ex: Exchange, request: _ollama.InferenceRequest, extra: Headers, *, generate: bool
+    ) -> None:
+        started = time.perf_counter()
+        if request.unload:
+            await self.scheduler.unload(models=(request.model,))
+            answer = _ollama.load_response(request.model, generate=generate, unloaded=True, now=_now())
+            await self._json(ex, answer, extra)
+            return
+        await self._apply_context_size(request.model, request.num_ctx)
+        outcome = "error"
+        try:
+            async with (
+                ex.cancel_on_disconnect(),
+                self.scheduler.acquire(
+                    request.model, Mode.COMPLETION, None, keep_alive=request.keep_alive
+                ) as lease,
+            ):
+                load_ns = _ns_since(started)
+                if request.load_only:
+                    answer = _ollama.load_response(
+                        request.model, generate=generate, unloaded=False, now=_now()
+                    )
+                    await self._json(ex, answer, extra)
+                else:
+                    body = request.openai_body()
+                    with self.proxy.recording(
+                        ex,
+                        lease,
+                        model=request.model,
+                        url=_RECORDED_CHAT_URL,
+                        body=body,
+                        origin=_OLLAMA_ORIGIN,
+                    ) as record:
+                        async with self.proxy.engine_request(
+                            ex, lease, _CHAT_PATH, _ENGINE_HEADERS, body, model=request.model, record=record
+                        ) as response:
+                            await self._ollama_answer(
+                                ex, response, request, extra, started, load_ns, generate
+                            )
+                outcome = "ok"
+            if ex.client_gone:
+                outcome = "client_gone"
+        finally:
+            self.proxy.metrics.observe_inference(
+                Mode.COMPLETION.value, outcome, ex.status, time.perf_counter() - started
+            )
+
+    async def _ollama_answer(
+        self,
+        ex: Exchange,
+        response: UpstreamResponse,
+        request: _ollama.InferenceRequest,
+        extra: Headers,
+        started: float,
+        load_ns: int,
+        generate: bool,
+    ) -> None:
+        if response.status != 200:
+            raise _ollama.engine_error(response.status, await response.read())
+        content_type = response.header(b"content-type") or b""
+        if content_type.startswith(b"text/event-stream"):
+            await self._ollama_stream(ex, response, request, extra, started, load_ns, generate)
+            return
+        data = await response.read()
+        try:
+            completion = json.loads(data)
+        except ValueError:
+            completion = None
+        if not isinstance(completion, dict):
+            raise ApiError(502, "the engine's answer is not a JSON object")
+        build = _ollama.generate_response if generate else _ollama.chat_response
+        answer = build(request.model, completion, now=_now(), total_ns=_ns_since(started), load_ns=load_ns)
+        await self._json(ex, answer, extra)
+
+    async def _ollama_stream(
+        self,
+        ex: Exchange,
+        response: UpstreamResponse,
+        request: _ollama.InferenceRequest,
+        extra: Headers,
+        started: float,
+        load_ns: int,
+        generate: bool,
+    ) -> None:
+        translator = _ollama.StreamTranslator(request.model, generate=generate, clock=_now)
+        framer = SSEFramer()
+        # DMR streams Ollama NDJSON as `application/json`, chunked.
+        await ex.start_response(200, [(b"content-type", _JSON), *extra])
+        while not translator.failed:
+            chunk = await response.receive()
+            if not chunk:
+                rest = framer.flush()
+                lines = translator.feed(rest) if rest else []
+                lines += translator.finish(total_ns=_ns_since(started), load_ns=load_ns)
+                await ex.send(b"".join(lines))
+                break
+            lines = [line for event in framer.feed(chunk) for line in translator.feed(event)]
+            if lines:
+                await ex.send(b"".join(lines))
+        # After an engine error line the rest is not read: leaving closes the engine connection.
+        await ex.end_response()
+
+    async def _apply_context_size(self, model: str, size: int | None) -> None:
+        """`options.num_ctx` as the model's `_configure` context size, other settings kept.
+
+        Nothing happens when it is already the stored size. A runner busy with other requests
+        keeps its settings (DMR ignores this failure too); the request is served regardless.
+        """
+        if size is None:
+            return
+        try:
+            rows = self.scheduler.configs(model)
+        except Exception as exc:
+            if map_exception(exc).status == 404:
+                return  # acquire answers the 404 in the layer's format
+            raise
+        current = next((row for row in rows if row.mode is Mode.COMPLETION), None)
+        if current is not None and current.context_size == size:
+            return
+        request = ConfigureRequest(
+            model=model,
+            backend=current.backend if current is not None else None,
+            mode=Mode.COMPLETION,
+            context_size=size,
+            runtime_flags=tuple(current.runtime_flags) if current is not None else None,
+            keep_alive=current.keep_alive if current is not None else None,
+            extra=MappingProxyType(dict(current.extra) if current is not None else {}),
+        )
+        try:
+            await self.scheduler.configure(request)
+        except RunnerInUse as exc:
+            log.warning("num_ctx %d for %s not applied: %s", size, model, exc)
+
+    # -- Anthropic -----------------------------------------------------------------------------------
+
+    async def anthropic_messages(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
+        body = await ex.read_body(self.proxy.body_limit)
+        model = _anthropic.requested_model(body)
+        try:
+            await self.models.get_model(model)
+        except Exception as exc:
+            if map_exception(exc).status == 404:
+                raise ApiError(404, f"Model not found: {model}") from exc
+            raise
+        target = (route.upstream_path + ("?" + query if query else "")).encode("latin-1")
+        headers = upstream_request_headers(ex.headers)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            async with (
+                ex.cancel_on_disconnect(),
+                self.scheduler.acquire(model, Mode.COMPLETION, None) as lease,
+            ):
+                url = "/engines" + route.upstream_path
+                with self.proxy.recording(
+                    ex, lease, model=model, url=url, body=body, origin=_ANTHROPIC_ORIGIN
+                ) as record:
+                    async with self.proxy.engine_request(
+                        ex, lease, target, headers, body, model=model, record=record
+                    ) as response:
+                        await self._anthropic_answer(ex, response, model, extra)
+                outcome = "ok"
+            if ex.client_gone:
+                outcome = "client_gone"
+        finally:
+            self.proxy.metrics.observe_inference(
+                Mode.COMPLETION.value, outcome, ex.status, time.perf_counter() - started
+            )
+
+    async def _anthropic_answer(
+        self, ex: Exchange, response: UpstreamResponse, model: str, extra: Headers
+    ) -> None:
+        content_type = response.header(b"content-type") or b""
+        literal = encode_model_name(model)
+        headers = [*filter_response_headers(response.headers), *extra]
+        if response.status < 400 and content_type.startswith(b"text/event-stream"):
+            framer = SSEFramer()
+            await ex.start_response(response.status, headers)
+            while chunk := await response.receive():
+                events = framer.feed(chunk)
+                if events:
+                    await ex.send(b"".join([rewrite_model(event, literal) for event in events]))
+            rest = framer.flush()
+            if rest:
+                await ex.send(rewrite_model(rest, literal))
+            await ex.end_response()
+            return
+        data = await response.read()
+        if response.status >= 400:
+            raise _anthropic.engine_error(response.status, data)
+        if content_type.startswith(b"application/json"):
+            data = rewrite_model(data, literal)
+        await ex.respond(response.status, headers, data)
