@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from modelrunner.api._compat import CompatLayers
 from modelrunner.api._config import ApiConfig
 from modelrunner.api._cors import PREFLIGHT_HEADERS, CorsDecision, CorsPolicy
 from modelrunner.api._errors import ApiError, map_exception, render_dmr, render_openai
+from modelrunner.api._gotime import go_time
 from modelrunner.api._http import BodyReadTimeout, BodyTooLarge, ClientDisconnected, Exchange
 from modelrunner.api._logs import LogFiles, follow_logs, parse_go_bool, read_log_files
 from modelrunner.api._metrics import (
@@ -86,16 +87,8 @@ def dmr_json(value: object) -> bytes:
 
 
 def _go_time(moment: datetime | None) -> str:
-    """Go's RFC 3339 rendering of a `time.Time` (nanoseconds, trailing zeros trimmed, `Z`)."""
-    if moment is None:
-        return _ZERO_TIME
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    if moment.microsecond:
-        text += f".{moment.microsecond:06d}".rstrip("0")
-    return text + "Z"
+    """Go's RFC 3339 rendering of a `time.Time`; Go's zero time for None."""
+    return _ZERO_TIME if moment is None else go_time(moment)
 
 
 def render_ps_row(row: RunnerRow) -> dict[str, Any]:

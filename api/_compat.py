@@ -197,8 +197,7 @@ class CompatLayers:
             await self._json(ex, answer, extra)
             return
         await self._apply_context_size(request.model, request.num_ctx)
-        outcome = "error"
-        try:
+        with self.proxy.observing(ex, Mode.COMPLETION, started):
             async with (
                 ex.cancel_on_disconnect(),
                 self.scheduler.acquire(
@@ -227,13 +226,6 @@ class CompatLayers:
                             await self._ollama_answer(
                                 ex, response, request, extra, started, load_ns, generate
                             )
-                outcome = "ok"
-            if ex.client_gone:
-                outcome = "client_gone"
-        finally:
-            self.proxy.metrics.observe_inference(
-                Mode.COMPLETION.value, outcome, ex.status, time.perf_counter() - started
-            )
 
     async def _ollama_answer(
         self,
@@ -334,9 +326,7 @@ class CompatLayers:
             raise
         target = (route.upstream_path + ("?" + query if query else "")).encode("latin-1")
         headers = upstream_request_headers(ex.headers)
-        started = time.perf_counter()
-        outcome = "error"
-        try:
+        with self.proxy.observing(ex, Mode.COMPLETION):
             async with (
                 ex.cancel_on_disconnect(),
                 self.scheduler.acquire(model, Mode.COMPLETION, None) as lease,
@@ -349,13 +339,6 @@ class CompatLayers:
                         ex, lease, target, headers, body, model=model, record=record
                     ) as response:
                         await self._anthropic_answer(ex, response, model, extra)
-                outcome = "ok"
-            if ex.client_gone:
-                outcome = "client_gone"
-        finally:
-            self.proxy.metrics.observe_inference(
-                Mode.COMPLETION.value, outcome, ex.status, time.perf_counter() - started
-            )
 
     async def _anthropic_answer(
         self, ex: Exchange, response: UpstreamResponse, model: str, extra: Headers

@@ -28,7 +28,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from modelrunner.api._errors import ApiError
-from modelrunner.api._openai import classify_engine_error, openai_model_object
+from modelrunner.api._gotime import go_time
+from modelrunner.api._openai import classify_engine_error, json_kind, openai_model_object
 from modelrunner.distribution.progress import EventType, ProgressEvent
 from modelrunner.scheduler import RAM, parse_keep_alive
 
@@ -100,13 +101,7 @@ def json_line(value: object) -> bytes:
 
 def ollama_time(moment: datetime) -> str:
     """RFC 3339 in UTC with the fraction trimmed, as Go marshals a `time.Time`."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-    if moment.microsecond:
-        text += f".{moment.microsecond:06d}".rstrip("0")
-    return text + "Z"
+    return go_time(moment)
 
 
 def render_ollama(error: ApiError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -188,7 +183,7 @@ def model_name(payload: Mapping[str, Any]) -> str:
         if value is None or value == "":
             continue
         if not isinstance(value, str):
-            raise ApiError(400, f"invalid request: '{key}' must be a string, not {_kind(value)}")
+            raise ApiError(400, f"invalid request: '{key}' must be a string, not {json_kind(value)}")
         if value.strip():
             return value.strip()
     raise ApiError(400, "model is required")
@@ -197,7 +192,7 @@ def model_name(payload: Mapping[str, Any]) -> str:
 def request_object(payload: object) -> dict[str, Any]:
     """Raises ApiError 400 unless the decoded body is a JSON object."""
     if not isinstance(payload, dict):
-        raise ApiError(400, f"invalid request: the body must be a JSON object, not {_kind(payload)}")
+        raise ApiError(400, f"invalid request: the body must be a JSON object, not {json_kind(payload)}")
     return payload
 
 
@@ -213,7 +208,7 @@ def parse_chat_request(payload: object) -> InferenceRequest:
     if raw_messages is None:
         raw_messages = []
     if not isinstance(raw_messages, list):
-        raise ApiError(400, f"invalid request: 'messages' must be an array, not {_kind(raw_messages)}")
+        raise ApiError(400, f"invalid request: 'messages' must be an array, not {json_kind(raw_messages)}")
     messages = [_openai_message(message, index) for index, message in enumerate(raw_messages)]
     openai = _common_fields(body, model)
     openai["messages"] = messages
@@ -253,7 +248,7 @@ def _finish_request(
 ) -> InferenceRequest:
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
-        raise ApiError(400, f"invalid request: 'stream' must be a boolean, not {_kind(stream)}")
+        raise ApiError(400, f"invalid request: 'stream' must be a boolean, not {json_kind(stream)}")
     options = _options(body)
     keep_alive = _keep_alive(body.get("keep_alive"))
     if keep_alive is None:
@@ -301,7 +296,7 @@ def _options(body: Mapping[str, Any]) -> dict[str, Any]:
     if options is None:
         return {}
     if not isinstance(options, dict):
-        raise ApiError(400, f"invalid request: 'options' must be an object, not {_kind(options)}")
+        raise ApiError(400, f"invalid request: 'options' must be an object, not {json_kind(options)}")
     return options
 
 
@@ -313,7 +308,7 @@ def _convert_option(name: str, value: object, kind: str) -> Any:
             return value
         raise ApiError(400, f"invalid options: 'stop' must be a string or an array of strings, not {value!r}")
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ApiError(400, f"invalid options: '{name}' must be a number, not {_kind(value)}")
+        raise ApiError(400, f"invalid options: '{name}' must be a number, not {json_kind(value)}")
     if kind == "int":
         if value != int(value):
             raise ApiError(400, f"invalid options: '{name}' must be an integer, not {value!r}")
@@ -359,7 +354,7 @@ def _response_format(value: object) -> dict[str, Any] | None:
 def _openai_message(message: object, index: int) -> dict[str, Any]:
     where = f"messages[{index}]"
     if not isinstance(message, dict):
-        raise ApiError(400, f"invalid request: {where} must be an object, not {_kind(message)}")
+        raise ApiError(400, f"invalid request: {where} must be an object, not {json_kind(message)}")
     role = message.get("role")
     if not isinstance(role, str) or not role:
         raise ApiError(400, f"invalid request: {where}.role must be a non-empty string")
@@ -443,22 +438,8 @@ def _optional_str(payload: Mapping[str, Any], key: str, where: str = "") -> str:
         return ""
     if not isinstance(value, str):
         name = f"{where}.{key}" if where else f"'{key}'"
-        raise ApiError(400, f"invalid request: {name} must be a string, not {_kind(value)}")
+        raise ApiError(400, f"invalid request: {name} must be a string, not {json_kind(value)}")
     return value
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 # -- answers -----------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from modelrunner.api._errors import ApiError
 
 __all__ = [
     "classify_engine_error",
+    "json_kind",
     "openai_model_list",
     "openai_model_object",
     "requested_model",
@@ -51,20 +52,21 @@ def requested_model(body: bytes) -> str:
         detail = str(exc) if body.strip() else "the body is empty"
         raise ApiError(400, f"invalid request: the body is not valid JSON ({detail})") from None
     if not isinstance(payload, dict):
-        raise ApiError(400, f"invalid request: the body must be a JSON object, not {_json_kind(payload)}")
+        raise ApiError(400, f"invalid request: the body must be a JSON object, not {json_kind(payload)}")
     model = payload.get("model")
     if model is None or model == "":
         raise ApiError(400, "model is required", param="model")
     if not isinstance(model, str):
         raise ApiError(
-            400, f"invalid request: 'model' must be a string, not {_json_kind(model)}", param="model"
+            400, f"invalid request: 'model' must be a string, not {json_kind(model)}", param="model"
         )
     if not model.strip():
         raise ApiError(400, "model is required", param="model")
     return model
 
 
-def _json_kind(value: object) -> str:
+def json_kind(value: object) -> str:
+    """How an error message names a JSON value's type (`a number`, `an object`...)."""
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -45,6 +45,7 @@ from modelrunner.api._upstream import (
     UpstreamResponse,
 )
 from modelrunner.api.ports import BackendsPort, LeasePort, SchedulerPort
+from modelrunner.engines import Mode
 
 __all__ = ["InferenceProxy", "engine_slots", "filter_response_headers", "upstream_request_headers"]
 
@@ -139,9 +140,7 @@ class InferenceProxy:
         assert route.mode is not None
         preload_only = (ex.header(b"x-preload-only") or b"").strip().lower() == b"true"
         target = route.upstream_path + ("?" + query if query else "")
-        started = time.perf_counter()
-        outcome = "error"
-        try:
+        with self.observing(ex, route.mode):
             async with (
                 ex.cancel_on_disconnect(),
                 self.scheduler.acquire(model, route.mode, route.backend) as lease,
@@ -153,13 +152,18 @@ class InferenceProxy:
                         await self._forward(
                             ex, lease, target.encode("latin-1"), body, model, extra_headers, record
                         )
-                outcome = "ok"
-            if ex.client_gone:
-                outcome = "client_gone"
+
+    @contextmanager
+    def observing(self, ex: Exchange, mode: Mode, started: float | None = None) -> Iterator[None]:
+        """Count the inference request and its duration (from `started`, a `perf_counter` time, or
+        now) by outcome: ok, client_gone (the block ended because the client left) or error."""
+        started = time.perf_counter() if started is None else started
+        outcome = "error"
+        try:
+            yield
+            outcome = "client_gone" if ex.client_gone else "ok"
         finally:
-            self.metrics.observe_inference(
-                route.mode.value, outcome, ex.status, time.perf_counter() - started
-            )
+            self.metrics.observe_inference(mode.value, outcome, ex.status, time.perf_counter() - started)
 
     @contextmanager
     def recording(
