@@ -31,7 +31,7 @@ from modelrunner.api._errors import ApiError, map_exception
 from modelrunner.api._http import ClientDisconnected, Exchange
 from modelrunner.api._proxy import InferenceProxy, filter_response_headers, upstream_request_headers
 from modelrunner.api._routing import Route
-from modelrunner.api._sse import SSEFramer, encode_model_name, rewrite_model
+from modelrunner.api._sse import ModelRewriter, SSEFramer, encode_model_name, rewrite_model
 from modelrunner.api._upstream import UpstreamResponse
 from modelrunner.api.ports import ModelManager, SchedulerPort
 from modelrunner.distribution.progress import ProgressEvent
@@ -348,14 +348,15 @@ class CompatLayers:
         headers = [*filter_response_headers(response.headers), *extra]
         if response.status < 400 and content_type.startswith(b"text/event-stream"):
             framer = SSEFramer()
+            rewrite = ModelRewriter(model)
             await ex.start_response(response.status, headers)
             while chunk := await response.receive():
                 events = framer.feed(chunk)
                 if events:
-                    await ex.send(b"".join([rewrite_model(event, literal) for event in events]))
+                    await ex.send(b"".join([rewrite(event) for event in events]))
             rest = framer.flush()
             if rest:
-                await ex.send(rewrite_model(rest, literal))
+                await ex.send(rewrite(rest))
             await ex.end_response()
             return
         data = await response.read()

@@ -36,7 +36,7 @@ from modelrunner.api._metrics import ApiMetrics
 from modelrunner.api._openai import classify_engine_error, requested_model
 from modelrunner.api._recorder import Record, RequestRecorder
 from modelrunner.api._routing import Route
-from modelrunner.api._sse import SSEFramer, encode_model_name, rewrite_model
+from modelrunner.api._sse import ModelRewriter, SSEFramer, encode_model_name, rewrite_model
 from modelrunner.api._upstream import (
     PoolSet,
     UnixConnectionPool,
@@ -302,7 +302,7 @@ class InferenceProxy:
     async def _stream(
         self, ex: Exchange, response: UpstreamResponse, model: str, extra_headers: Headers
     ) -> None:
-        literal = encode_model_name(model)
+        rewrite = ModelRewriter(model)
         framer = SSEFramer()
         await ex.start_response(response.status, [*filter_response_headers(response.headers), *extra_headers])
         while True:
@@ -312,9 +312,9 @@ class InferenceProxy:
             events = framer.feed(chunk)
             if not events:
                 continue
-            out = b"".join([rewrite_model(event, literal) for event in events])
+            out = b"".join([rewrite(event) for event in events])
             await ex.send(out)
         rest = framer.flush()
         if rest:
-            await ex.send(rewrite_model(rest, literal))
+            await ex.send(rewrite(rest))
         await ex.end_response()

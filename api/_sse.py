@@ -19,10 +19,40 @@ from __future__ import annotations
 import json
 import re
 
-__all__ = ["EventTooLarge", "SSEFramer", "encode_model_name", "rewrite_model"]
+__all__ = ["EventTooLarge", "ModelRewriter", "SSEFramer", "encode_model_name", "rewrite_model"]
 
 _MODEL_VALUE = re.compile(rb'([{,]\s*"model"\s*:\s*)"(?:[^"\\]|\\.)*"')
 _TERMINATORS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+
+
+class ModelRewriter:
+    """`rewrite_model` for the many events of one stream, learning the engine's member once.
+
+    The engine writes the same `,"model":"<alias>"` member into every event; once the regex has
+    found it, the rest are a plain byte replace of that member (with its delimiter, so it cannot
+    match inside a string value, where quotes are escaped). An event without it goes through
+    `rewrite_model` as before.
+    """
+
+    __slots__ = ("_engine_member", "_literal", "_ours")
+
+    def __init__(self, model: str) -> None:
+        self._literal = encode_model_name(model)
+        self._engine_member: bytes | None = None
+        self._ours = b""
+
+    def __call__(self, payload: bytes) -> bytes:
+        member = self._engine_member
+        if member is not None and member in payload:
+            return payload.replace(member, self._ours, 1)
+        if b'"model"' not in payload:
+            return payload
+        match = _MODEL_VALUE.search(payload)
+        if match is None:
+            return payload
+        self._engine_member = match.group(0)
+        self._ours = match.group(1) + self._literal
+        return payload[: match.start()] + self._ours + payload[match.end() :]
 
 
 class EventTooLarge(ValueError):
@@ -62,17 +92,23 @@ class SSEFramer:
         buffer = self._buffer + data if self._buffer else data
         events: list[bytes] = []
         start = 0
-        while True:
-            end = -1
-            for terminator in _TERMINATORS:
-                index = buffer.find(terminator, start)
-                if index >= 0 and (end < 0 or index + len(terminator) < end):
-                    end = index + len(terminator)
-            if end < 0:
-                break
-            events.append(buffer[start:end])
-            start = end
-        self._buffer = buffer[start:]
+        if b"\r" not in buffer:
+            # The usual stream (llama-server's): one kind of terminator, found in one pass.
+            while (index := buffer.find(b"\n\n", start)) >= 0:
+                events.append(buffer[start : index + 2])
+                start = index + 2
+        else:
+            while True:
+                end = -1
+                for terminator in _TERMINATORS:
+                    index = buffer.find(terminator, start)
+                    if index >= 0 and (end < 0 or index + len(terminator) < end):
+                        end = index + len(terminator)
+                if end < 0:
+                    break
+                events.append(buffer[start:end])
+                start = end
+        self._buffer = buffer[start:] if start else buffer
         if len(self._buffer) > self._max_event_size:
             raise EventTooLarge(
                 f"server-sent event larger than {self._max_event_size} bytes without a blank line"

@@ -62,7 +62,7 @@ class _Connection:
     the pool checks for cancellation before each request.
     """
 
-    __slots__ = ("bytes_received", "idle", "last_used", "reader", "sock")
+    __slots__ = ("bytes_received", "drained", "idle", "last_used", "reader", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -71,6 +71,7 @@ class _Connection:
         self.last_used = trio.current_time()
         self.bytes_received = 0
         self.idle = True
+        self.drained = False
 
     async def send_all(self, data: bytes) -> None:
         sock = self.sock
@@ -84,11 +85,18 @@ class _Connection:
 
     async def _receive(self) -> bytes:
         sock = self.sock
+        if self.drained:
+            # The last read emptied the socket, so the engine's next bytes (a stream's next token)
+            # are most likely still to come: wait first instead of failing a read every time.
+            await trio.lowlevel.wait_readable(sock)
         while True:
             try:
-                return sock.recv(_RECEIVE_SIZE)
+                data = sock.recv(_RECEIVE_SIZE)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(sock)
+                continue
+            self.drained = 0 < len(data) < _RECEIVE_SIZE
+            return data
 
     async def next_event(self) -> Event | None:
         """The next response event; None when the engine closed the connection."""

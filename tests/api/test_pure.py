@@ -12,7 +12,7 @@ from modelrunner.api._cors import DEFAULT_ORIGINS, CorsDecision, CorsPolicy, par
 from modelrunner.api._errors import ApiError, map_exception, render_dmr, render_openai
 from modelrunner.api._logs import merge_log_lines, parse_go_bool
 from modelrunner.api._openai import classify_engine_error, openai_model_object, requested_model
-from modelrunner.api._sse import EventTooLarge, SSEFramer, encode_model_name, rewrite_model
+from modelrunner.api._sse import EventTooLarge, ModelRewriter, SSEFramer, encode_model_name, rewrite_model
 
 # -- CORS ------------------------------------------------------------------------------------------
 
@@ -87,6 +87,45 @@ def test_framer_is_independent_of_how_bytes_arrive(cuts: list[int]) -> None:
     out = [event for piece in pieces for event in framer.feed(piece)]
     assert out == EVENTS
     assert framer.flush() == b""
+
+
+def _naive_events(stream: bytes) -> tuple[list[bytes], bytes]:
+    """Whole events by the earliest-ending terminator, scanning from each event's start."""
+    events, start = [], 0
+    while True:
+        ends = [i + len(t) for t in (b"\n\n", b"\r\n\r\n", b"\r\r") if (i := stream.find(t, start)) >= 0]
+        if not ends:
+            return events, stream[start:]
+        events.append(stream[start : min(ends)])
+        start = min(ends)
+
+
+@given(
+    st.lists(st.sampled_from([b"data: x", b"\n", b"\r", b"\n\n", b"\r\n\r\n", b":c"]), max_size=30),
+    st.lists(st.integers(min_value=0, max_value=200), max_size=8),
+)
+def test_framer_matches_a_naive_split_for_any_terminators_and_pieces(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    stream = b"".join(parts)
+    points = sorted({c for c in cuts if c <= len(stream)})
+    framer = SSEFramer()
+    out = [
+        e for a, b in zip([0, *points], [*points, len(stream)], strict=True) for e in framer.feed(stream[a:b])
+    ]
+    expected, rest = _naive_events(stream)
+    assert b"".join(out) + framer.flush() == stream
+    if b"\r" not in stream:
+        assert (out, rest) == (expected, stream[len(b"".join(expected)) :])
+
+
+@given(
+    st.lists(st.sampled_from([*EVENTS, b'data: {"model" :  "other","n":1}\n\n', b": ping\n\n"]), max_size=12)
+)
+def test_model_rewriter_agrees_with_rewrite_model_event_by_event(events: list[bytes]) -> None:
+    rewrite = ModelRewriter('ai/we"ird')
+    literal = encode_model_name('ai/we"ird')
+    assert [rewrite(event) for event in events] == [rewrite_model(event, literal) for event in events]
 
 
 def test_framer_handles_crlf_and_cr_terminators() -> None:
