@@ -353,7 +353,7 @@ class _DisconnectWatch:
 
 
 class _ServerConnection:
-    __slots__ = ("broken", "closing", "limits", "nursery", "peer_closed", "reader", "stream")
+    __slots__ = ("broken", "closing", "drained", "limits", "nursery", "peer_closed", "reader", "stream")
 
     def __init__(self, stream: trio.abc.Stream, limits: ServerLimits) -> None:
         self.stream = stream
@@ -365,6 +365,7 @@ class _ServerConnection:
         self.closing = False
         """The response said `Connection: close` (or is close-delimited)."""
         self.nursery: trio.Nursery | None = None
+        self.drained = False
 
     async def next_event(self) -> Event | None:
         """The next request event; None once the client has closed."""
@@ -398,13 +399,20 @@ class _ServerConnection:
         stream = self.stream
         if not isinstance(stream, trio.SocketStream):
             return bytes(await stream.receive_some(_RECEIVE_SIZE))
+        if self.drained:
+            # The last read emptied the socket: the client's next request is most likely still to
+            # come, so wait first instead of failing a read (a system call and an exception).
+            await trio.lowlevel.wait_readable(stream.socket)
         while True:
             try:
-                return os.read(stream.socket.fileno(), _RECEIVE_SIZE)
+                data = os.read(stream.socket.fileno(), _RECEIVE_SIZE)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(stream.socket)
+                continue
             except OSError as exc:  # reset by the peer, or closed under us
                 raise trio.BrokenResourceError(str(exc)) from exc
+            self.drained = 0 < len(data) < _RECEIVE_SIZE
+            return data
 
     async def send_bytes(self, data: bytes) -> None:
         stream = self.stream
