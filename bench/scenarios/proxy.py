@@ -109,7 +109,7 @@ async def run(ctx: BenchContext) -> ScenarioReport:
     per_round = ctx.scale(100, 20)
     # Many short windows rather than a few long ones: a burst of load from another tenant then
     # spoils one round's ratio, and the median of the rounds shrugs it off.
-    throughput_rounds = ctx.scale(6, 1)
+    throughput_rounds = ctx.scale(10, 1)
     window = 1.0
     began = time.monotonic()
     body = chat_body(MODEL)
@@ -174,7 +174,7 @@ async def run(ctx: BenchContext) -> ScenarioReport:
                     f"throughput at {concurrency} concurrent: {throughput_rounds} rounds of "
                     f"{window:.0f} s per arm",
                 )
-                paired = await alternate(throughput_rounds, load_a, load_b, time_budget=ctx.scale(20, 10))
+                paired = await alternate(throughput_rounds, load_a, load_b, time_budget=ctx.scale(30, 10))
                 throughput[concurrency] = (paired.candidate, paired.baseline)
 
             ctx.log(NAME, f"default engine flags, {DEFAULT_FLAGS_CONCURRENCY} concurrent, one round")
