@@ -25,6 +25,7 @@ from modelrunner.api import (
     open_api_server,
     parse_origins,
 )
+from modelrunner.cli._sched import request_short_slice
 from modelrunner.distribution.registry import RegistryClient, RegistryConfig
 from modelrunner.distribution.store import ModelStore
 from modelrunner.engines import (
@@ -153,16 +154,23 @@ async def open_daemon(settings: DaemonSettings) -> AsyncIterator[RunningDaemon]:
             open_containerd(address, settings.namespace, runc_root=runc_root)
         )
         version = await client.version()
-        log.info("containerd %s at %s (%s), namespace %s", version.version, address,
-                 "embedded" if embedded else "external", settings.namespace)
+        log.info(
+            "containerd %s at %s (%s), namespace %s",
+            version.version,
+            address,
+            "embedded" if embedded else "external",
+            settings.namespace,
+        )
 
         gpus = await discover_gpus()
         log.info("GPUs: %s", gpus.summary())
         cdi = await trio.to_thread.run_sync(discover_cdi)
         image = llamacpp_image_source(settings.environ)
         if image is None:
-            log.warning("no llama.cpp engine image: build one with hack/build-engine-llamacpp or set "
-                        "MODELRUNNER_LLAMACPP_IMAGE / MODELRUNNER_LLAMACPP_IMAGE_TAR")
+            log.warning(
+                "no llama.cpp engine image: build one with hack/build-engine-llamacpp or set "
+                "MODELRUNNER_LLAMACPP_IMAGE / MODELRUNNER_LLAMACPP_IMAGE_TAR"
+            )
         environment = EngineEnvironment(
             containerd=client, state_dir=state_dir, llamacpp_image=image, gpus=gpus, cdi=cdi
         )
@@ -217,11 +225,19 @@ async def run_daemon(settings: DaemonSettings) -> None:
     """Serve until SIGINT or SIGTERM, then shut down cleanly."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_daemon(settings) as daemon:
+            # After containerd started, so that nothing it runs could inherit the slice anyway.
+            refused = request_short_slice()
+            if refused is not None:
+                log.info("kept the default scheduler slice for the API loop (%s)", refused)
             where = [daemon.api.base_url] if daemon.api.tcp_address else []
             if daemon.api.unix_path:
                 where.append(f"unix://{daemon.api.unix_path}")
-            log.info("modelrunner %s ready: %s (containerd %s)", __version__, ", ".join(where),
-                     daemon.containerd_address)
+            log.info(
+                "modelrunner %s ready: %s (containerd %s)",
+                __version__,
+                ", ".join(where),
+                daemon.containerd_address,
+            )
             async for signum in signals:
                 log.info("received %s", signal.Signals(signum).name)
                 break

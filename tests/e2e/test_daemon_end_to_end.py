@@ -4,6 +4,7 @@ the official openai SDK, the Unix socket, and a restart that re-adopts running e
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 
@@ -11,6 +12,7 @@ import httpx
 import openai
 import pytest
 import testmodels
+from modelrunner.cli._sched import DEFAULT_SLICE_NS, current_slice_ns
 
 from tests.e2e.daemon import Daemon
 
@@ -35,6 +37,23 @@ def test_cli_package_list_run_ps_unload(daemon: Daemon, packaged: dict[str, str]
     assert cli("unload", "--all").returncode == 0
     assert "e2e-chat" not in cli("ps").stdout
     assert daemon.ctr_rows("tasks", "ls", "-q") == []
+
+
+def test_only_the_api_loop_runs_with_a_short_scheduler_slice(
+    daemon: Daemon, packaged: dict[str, str]
+) -> None:
+    cli = daemon.cli()
+    assert cli("run", "ai/e2e-chat", "hi").returncode == 0
+    assert daemon.process is not None
+    main_thread = daemon.process.pid
+    assert current_slice_ns(main_thread) == DEFAULT_SLICE_NS
+    others = [int(t) for t in os.listdir(f"/proc/{main_thread}/task") if int(t) != main_thread]
+    assert others and all(current_slice_ns(tid) != DEFAULT_SLICE_NS for tid in others)
+    # The engine (started by containerd's shim) and containerd itself keep the normal slice.
+    engine_pids = [int(row.split()[1]) for row in daemon.ctr_rows("tasks", "ls")[1:]]
+    assert engine_pids
+    for pid in engine_pids:
+        assert current_slice_ns(pid) not in (None, DEFAULT_SLICE_NS)
 
 
 def test_status_json_reports_the_containerd_in_use(daemon: Daemon) -> None:
@@ -70,11 +89,24 @@ def test_openai_sdk_chat_stream_tools_embeddings(daemon: Daemon, packaged: dict[
     assert "".join(deltas) == testmodels.CHAT_REPLY
     assert len(deltas) > 1
 
-    tools = [{"type": "function", "function": {
-        "name": "get_weather", "description": "Weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather in a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
     tool_reply = client.chat.completions.create(
-        model="ai/e2e-tool", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=tools  # type: ignore[arg-type]
+        model="ai/e2e-tool",
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=tools,  # type: ignore[arg-type]
     )
     (call,) = tool_reply.choices[0].message.tool_calls or []
     assert call.function.name == testmodels.TOOL_CALL_NAME  # type: ignore[union-attr]
@@ -106,8 +138,10 @@ def test_unix_socket_serves_the_same_api(daemon: Daemon, packaged: dict[str, str
     with httpx.Client(transport=transport, base_url="http://localhost") as http:
         models = http.get("/models").json()
         assert {m["id"] for m in models} >= set(packaged.values())
-        reply = http.post("/engines/llama.cpp/v1/chat/completions", json={
-            "model": "ai/e2e-chat", "messages": [{"role": "user", "content": "hi"}]})
+        reply = http.post(
+            "/engines/llama.cpp/v1/chat/completions",
+            json={"model": "ai/e2e-chat", "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert reply.status_code == 200
         assert reply.json()["choices"][0]["message"]["content"] == testmodels.CHAT_REPLY
 
