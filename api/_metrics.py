@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -62,18 +63,31 @@ class ApiMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._request_children: dict[tuple[str, int], Any] = {}
+        self._inference_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.engine_scrape_failures = Counter(
             "modelrunner_api_engine_scrape_failures",
             "Runner /metrics scrapes that failed or timed out.",
             registry=self.registry,
         )
 
+    # Every request counts here, so the labelled children are kept instead of looked up each
+    # time (`labels()` locks, validates and builds a key); the label sets are few and fixed.
+
     def observe_request(self, route: str, status: int) -> None:
-        self.requests.labels(route, str(status)).inc()
+        key = (route, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(route, str(status))
+        child.inc()
 
     def observe_inference(self, mode: str, outcome: str, status: int, seconds: float) -> None:
-        self.inference.labels(mode, outcome).inc()
-        self.inference_seconds.labels(mode).observe(seconds)
+        children = self._inference_children.get((mode, outcome))
+        if children is None:
+            children = (self.inference.labels(mode, outcome), self.inference_seconds.labels(mode))
+            self._inference_children[(mode, outcome)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 @dataclass(frozen=True)
