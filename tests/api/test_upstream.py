@@ -350,6 +350,39 @@ async def test_pipelined_inference_requests_are_all_answered_in_order(fakes, tmp
         assert engine.requests == 3
 
 
+async def test_requests_at_the_limit_are_served_in_arrival_order_one_wakeup_each(tmp_path: Path) -> None:
+    async def echo_order(stream: trio.SocketStream, engine: FakeEngine) -> None:
+        while (raw := await engine.read_request(stream)) is not None:
+            await trio.sleep(0.01)
+            await stream.send_all(OK)
+            engine.events.append(raw.split(b" ")[1].decode())
+
+    async with fake_engine(tmp_path, echo_order) as engine:
+        pool = UnixConnectionPool(engine.path, max_connections=1)
+        wakeups = 0
+        original = pool._notify_sync
+
+        def counting_notify() -> None:
+            nonlocal wakeups
+            waiting = len(pool._waiters)
+            original()
+            wakeups += waiting - len(pool._waiters)
+
+        pool._notify_sync = counting_notify  # type: ignore[method-assign]
+
+        async def one(n: int) -> None:
+            async with pool.request(b"GET", b"/r%d" % n, [(b"host", b"x")]) as response:
+                await response.read()
+
+        async with trio.open_nursery() as nursery:
+            for n in range(6):
+                nursery.start_soon(one, n)
+                await trio.sleep(0.001)  # arrive in order
+        assert engine.events == [f"/r{n}" for n in range(6)]
+        assert wakeups == 5  # one per hand-over, not one per waiter per hand-over
+        await pool.aclose()
+
+
 async def test_pool_waits_at_its_connection_limit(tmp_path: Path) -> None:
     concurrent = 0
     peak = 0
