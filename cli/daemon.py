@@ -25,7 +25,6 @@ from modelrunner.api import (
     open_api_server,
     parse_origins,
 )
-from modelrunner.cli._sched import request_short_slice
 from modelrunner.distribution.registry import RegistryClient, RegistryConfig
 from modelrunner.distribution.store import ModelStore
 from modelrunner.engines import (
@@ -36,6 +35,7 @@ from modelrunner.engines import (
     open_llamacpp_backend,
     open_vllm_backend,
 )
+from modelrunner.engines.sched import request_short_slice
 from modelrunner.sandbox import GpuInventory, discover_cdi, discover_gpus
 from modelrunner.scheduler import Scheduler, SchedulerSettings, open_scheduler
 from modelrunner.shim import open_containerd, open_embedded_containerd

@@ -30,6 +30,7 @@ from modelrunner.engines.errors import EngineStartError
 from modelrunner.engines.health import EngineGaveUp, EngineUnhealthy, probe_health, wait_ready
 from modelrunner.engines.logs import failure_message
 from modelrunner.engines.runner import ContainerRunner, LogFollower
+from modelrunner.engines.sched import run_as_batch
 from modelrunner.sandbox import (
     GpuDevice,
     SandboxRequest,
@@ -132,9 +133,16 @@ class RunnerFleet:
             shutil.rmtree(runner_dir, ignore_errors=True)
             raise
         runner = ContainerRunner(
-            task=task, backend=self.backend, model_id=request.model.id, model_name=request.model.name,
-            mode=request.mode, socket_path=socket_path, runner_dir=runner_dir, cgroups_path=cgroups_path,
-            reservation=request.reservation, follower=follower,
+            task=task,
+            backend=self.backend,
+            model_id=request.model.id,
+            model_name=request.model.name,
+            mode=request.mode,
+            socket_path=socket_path,
+            runner_dir=runner_dir,
+            cgroups_path=cgroups_path,
+            reservation=request.reservation,
+            follower=follower,
         )
         runner.argv = request.argv
         try:
@@ -148,6 +156,9 @@ class RunnerFleet:
             raise
         follower.poll()
         follower.end_line_handling()
+        refused = run_as_batch(runner.pid)
+        if refused is not None:
+            log.info("runner %s keeps the normal CPU policy (%s)", runner_id, refused)
         self.track(runner)
         return runner
 
@@ -218,8 +229,12 @@ class RunnerFleet:
             status = runner.task.exit_status
             tail = runner.log_tail
             raise EngineStartError(
-                failure_message(self.backend, tail, oom_killed=bool(status and status.oom_killed),
-                                exit_code=status.code if status else None),
+                failure_message(
+                    self.backend,
+                    tail,
+                    oom_killed=bool(status and status.oom_killed),
+                    exit_code=status.code if status else None,
+                ),
                 log_tail=tail.text(ERROR_TAIL),
                 exit_code=status.code if status else None,
                 oom_killed=bool(status and status.oom_killed),
@@ -254,8 +269,11 @@ class RunnerFleet:
                 healthy, mode = False, Mode.COMPLETION
             runner_dir = self.environment.state_dir / "runners" / record.container_id
             runner = ContainerRunner(
-                task=adopt(client, record), backend=self.backend, model_id=labels.model_id,
-                model_name=labels.name, mode=mode,
+                task=adopt(client, record),
+                backend=self.backend,
+                model_id=labels.model_id,
+                model_name=labels.name,
+                mode=mode,
                 socket_path=socket_path or runner_dir / "engine" / "engine.sock",
                 runner_dir=runner_dir if runner_dir.is_dir() else None,
                 cgroups_path=f"/{client.namespace}/{record.container_id}",

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 import testmodels
-from modelrunner.cli._sched import DEFAULT_SLICE_NS, current_slice_ns
+from modelrunner.engines.sched import DEFAULT_SLICE_NS, SCHED_BATCH, current_policy, current_slice_ns
 
 from tests.e2e.daemon import Daemon
 
@@ -39,7 +39,7 @@ def test_cli_package_list_run_ps_unload(daemon: Daemon, packaged: dict[str, str]
     assert daemon.ctr_rows("tasks", "ls", "-q") == []
 
 
-def test_only_the_api_loop_runs_with_a_short_scheduler_slice(
+def test_the_api_loop_runs_with_a_short_slice_and_engines_as_batch_work(
     daemon: Daemon, packaged: dict[str, str]
 ) -> None:
     cli = daemon.cli()
@@ -54,6 +54,9 @@ def test_only_the_api_loop_runs_with_a_short_scheduler_slice(
     assert engine_pids
     for pid in engine_pids:
         assert current_slice_ns(pid) not in (None, DEFAULT_SLICE_NS)
+        # ...and run as batch work, every thread of them, so they do not preempt the API loop.
+        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+        assert len(threads) > 2 and {current_policy(tid) for tid in threads} == {SCHED_BATCH}
 
 
 def test_status_json_reports_the_containerd_in_use(daemon: Daemon) -> None:
