@@ -295,6 +295,14 @@ def _streaming_error(
     return error
 
 
+def _json_object(data: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def reassemble_openai_stream(body: str) -> tuple[str, dict[str, Any] | None]:
     """An OpenAI chat/completions event stream as the one object a non-streamed call returns.
 
@@ -328,11 +336,8 @@ def reassemble_openai_stream(body: str) -> tuple[str, dict[str, Any] | None]:
         data = line[len("data: ") :]
         if data == "[DONE]":
             break
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            continue
-        if not isinstance(chunk, dict):
+        chunk = _json_object(data)
+        if chunk is None:
             continue
         last_chunk = chunk
         choices = chunk.get("choices")
@@ -370,11 +375,8 @@ def reassemble_anthropic_stream(body: str) -> tuple[str, dict[str, Any] | None]:
         if not line.startswith("data: "):
             continue
         data = line[len("data: ") :]
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            continue
-        if not isinstance(chunk, dict):
+        chunk = _json_object(data)
+        if chunk is None:
             continue
         kind = chunk.get("type")
         if event == "error" or kind == "error":

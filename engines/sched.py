@@ -68,9 +68,7 @@ def request_short_slice(slice_ns: int = DEFAULT_SLICE_NS) -> str | None:
     return None
 
 
-def current_slice_ns(tid: int = 0) -> int | None:
-    """The slice a thread (or process, by its main thread's id; 0 = the caller) runs with, or None
-    when it cannot be read."""
+def _get_attr(tid: int) -> tuple[int, ...] | None:
     numbers = _syscalls()
     if numbers is None:
         return None
@@ -78,7 +76,14 @@ def current_slice_ns(tid: int = 0) -> int | None:
     buffer = ctypes.create_string_buffer(_ATTR.size)
     if libc.syscall(numbers[1], tid, buffer, _ATTR.size, 0) != 0:
         return None
-    return int(_ATTR.unpack(buffer.raw)[5])
+    return tuple(_ATTR.unpack(buffer.raw))
+
+
+def current_slice_ns(tid: int = 0) -> int | None:
+    """The slice a thread (or process, by its main thread's id; 0 = the caller) runs with, or None
+    when it cannot be read."""
+    attr = _get_attr(tid)
+    return None if attr is None else attr[5]
 
 
 def _set_policy(tid: int, policy: int) -> str | None:
@@ -109,11 +114,5 @@ def run_as_batch(pid: int) -> str | None:
 
 def current_policy(tid: int = 0) -> int | None:
     """The scheduling policy of a thread (0 = the caller), or None when it cannot be read."""
-    numbers = _syscalls()
-    if numbers is None:
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    buffer = ctypes.create_string_buffer(_ATTR.size)
-    if libc.syscall(numbers[1], tid, buffer, _ATTR.size, 0) != 0:
-        return None
-    return int(_ATTR.unpack(buffer.raw)[1])
+    attr = _get_attr(tid)
+    return None if attr is None else attr[1]
