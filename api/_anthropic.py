@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from modelrunner.api._errors import ApiError
-from modelrunner.api._openai import classify_engine_error
+from modelrunner.api._openai import engine_failure
 
 __all__ = ["anthropic_error_type", "engine_error", "render_anthropic", "requested_model"]
 
@@ -75,21 +75,4 @@ def requested_model(body: bytes) -> str:
 
 def engine_error(status: int, body: bytes) -> ApiError:
     """An engine's error answer (OpenAI-shaped JSON, or anything) as an Anthropic-style ApiError."""
-    fixed = classify_engine_error(status, body)
-    if fixed is not None:
-        status, body = fixed
-    message: str | None = None
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        payload = None
-    error = payload.get("error") if isinstance(payload, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        message = error["message"]
-    elif isinstance(error, str):
-        message = error
-    if message is None:
-        message = body.decode("utf-8", "replace").strip() or f"the engine answered {status}"
-    if status == 500 and any(marker in message.lower() for marker in _CLIENT_FAULT_MARKERS):
-        status = 400
-    return ApiError(status, message)
+    return engine_failure(status, body, client_faults=_CLIENT_FAULT_MARKERS)

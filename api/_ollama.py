@@ -29,7 +29,7 @@ from typing import Any
 
 from modelrunner.api._errors import ApiError
 from modelrunner.api._gotime import go_time
-from modelrunner.api._openai import classify_engine_error, json_kind, openai_model_object
+from modelrunner.api._openai import engine_error_message, engine_failure, json_kind, openai_model_object
 from modelrunner.distribution.progress import EventType, ProgressEvent
 from modelrunner.scheduler import RAM, parse_keep_alive
 
@@ -112,30 +112,7 @@ def render_ollama(error: ApiError) -> tuple[int, list[tuple[bytes, bytes]], byte
 
 def engine_error(status: int, body: bytes) -> ApiError:
     """The Ollama error for an engine's non-200 answer: its message, its status (client faults 400)."""
-    fixed = classify_engine_error(status, body)
-    if fixed is not None:
-        status, body = fixed
-    message = _error_message(body)
-    if message is None:
-        message = body.decode("utf-8", "replace").strip() or f"the engine answered {status}"
-    if status == 500 and any(marker in message.lower() for marker in _CLIENT_FAULT_MARKERS):
-        status = 400
-    return ApiError(status, message)
-
-
-def _error_message(body: bytes) -> str | None:
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(payload, dict):
-        return None
-    error = payload.get("error")
-    if isinstance(error, str):
-        return error
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    return None
+    return engine_failure(status, body, client_faults=_CLIENT_FAULT_MARKERS)
 
 
 # -- requests ----------------------------------------------------------------------------------------
@@ -651,7 +628,7 @@ class StreamTranslator:
         error = chunk.get("error")
         if error is not None:
             self.failed = True
-            message = _error_message(json.dumps({"error": error}).encode()) or str(error)
+            message = engine_error_message(json.dumps({"error": error}).encode()) or str(error)
             return [json_line({"error": message})]
         self.usage.update(chunk)
         choice = _first_choice(chunk)

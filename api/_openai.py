@@ -19,6 +19,8 @@ from modelrunner.api._errors import ApiError
 
 __all__ = [
     "classify_engine_error",
+    "engine_error_message",
+    "engine_failure",
     "json_kind",
     "openai_model_list",
     "openai_model_object",
@@ -100,6 +102,35 @@ def classify_engine_error(status: int, body: bytes) -> tuple[int, bytes] | None:
         return None
     fixed = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": 400}}
     return 400, json.dumps(fixed, ensure_ascii=False).encode()
+
+
+def engine_error_message(body: bytes) -> str | None:
+    """The message of an engine's error body (`{"error": {"message"}}` or `{"error": "..."}`)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, str):
+        return error
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    return None
+
+
+def engine_failure(status: int, body: bytes, *, client_faults: tuple[str, ...]) -> ApiError:
+    """An engine's error answer as an ApiError for a translating layer: the engine's message and
+    status, with 500s that are really bad requests (`classify_engine_error`, or a message holding
+    one of the layer's `client_faults`) as 400."""
+    fixed = classify_engine_error(status, body)
+    if fixed is not None:
+        status, body = fixed
+    message = engine_error_message(body)
+    if message is None:
+        message = body.decode("utf-8", "replace").strip() or f"the engine answered {status}"
+    if status == 500 and any(marker in message.lower() for marker in client_faults):
+        status = 400
+    return ApiError(status, message)
 
 
 def _context_window(config: Mapping[str, Any]) -> int | None:
