@@ -89,6 +89,15 @@ class CompatLayers:
             raise ApiError(400, f"invalid request: the body is not valid JSON ({detail})") from None
         return _ollama.request_object(payload)
 
+    async def _stored_model(self, reference: str, not_found: str) -> dict[str, Any]:
+        """The store's model object for `reference`; a missing one is a 404 saying `not_found`."""
+        try:
+            return await self.models.get_model(reference)
+        except Exception as exc:
+            if map_exception(exc).status == 404:
+                raise ApiError(404, not_found) from exc
+            raise
+
     # -- Ollama: models ------------------------------------------------------------------------------
 
     async def ollama_version(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
@@ -99,12 +108,7 @@ class CompatLayers:
 
     async def ollama_show(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
         name = _ollama.model_name(await self._read_object(ex))
-        try:
-            model = await self.models.get_model(name)
-        except Exception as exc:
-            if map_exception(exc).status == 404:
-                raise ApiError(404, f"model {name!r} not found") from exc
-            raise
+        model = await self._stored_model(name, f"model {name!r} not found")
         await self._json(ex, _ollama.show_response(model), extra)
 
     async def ollama_ps(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
@@ -318,12 +322,7 @@ class CompatLayers:
     async def anthropic_messages(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
         body = await ex.read_body(self.proxy.body_limit)
         model = _anthropic.requested_model(body)
-        try:
-            await self.models.get_model(model)
-        except Exception as exc:
-            if map_exception(exc).status == 404:
-                raise ApiError(404, f"Model not found: {model}") from exc
-            raise
+        await self._stored_model(model, f"Model not found: {model}")
         target = (route.upstream_path + ("?" + query if query else "")).encode("latin-1")
         headers = upstream_request_headers(ex.headers)
         with self.proxy.observing(ex, Mode.COMPLETION):
