@@ -4,12 +4,15 @@ progress printer, and small formatting helpers for table cells."""
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from bench.machine import MachineInfo, collect_machine_info
+from bench.report import ScenarioRun
 from bench.services import REPO, EngineBuild, engine_build
 
 __all__ = [
@@ -41,6 +44,18 @@ class BenchContext:
     @functools.cached_property
     def machine(self) -> MachineInfo:
         return collect_machine_info(self.engine.binary)
+
+    def begin(self, name: str) -> ScenarioRun:
+        """Stamp the start of scenario `name` (wall time, load average, duration clock)."""
+        return ScenarioRun(
+            name=name,
+            command=self.command(name),
+            revision=self.revision,
+            machine=self.machine,
+            started=datetime.now(UTC),
+            load_average=os.getloadavg(),
+            clock_start=time.monotonic(),
+        )
 
     def scale(self, full: int, quick: int) -> int:
         """A count for this run: ``full`` normally, ``quick`` with ``--quick``."""

@@ -14,6 +14,7 @@ import enum
 import os
 import re
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -96,6 +97,46 @@ class ScenarioReport:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9-]*", self.name):
             raise ValueError(f"scenario name {self.name!r} must be lowercase letters, digits and dashes")
+
+
+@dataclass(frozen=True)
+class ScenarioRun:
+    """A scenario's start, stamped once (``BenchContext.begin``): what every report repeats."""
+
+    name: str
+    command: str
+    revision: str
+    machine: MachineInfo
+    started: datetime
+    load_average: tuple[float, float, float]
+    clock_start: float
+    """``time.monotonic()`` at the start, for the report's duration."""
+
+    def report(
+        self,
+        *,
+        title: str,
+        candidate_label: str,
+        baseline_label: str,
+        method: str,
+        rows: tuple[Row, ...],
+        notes: tuple[str, ...] = (),
+    ) -> ScenarioReport:
+        return ScenarioReport(
+            name=self.name,
+            title=title,
+            command=self.command,
+            revision=self.revision,
+            load_average=self.load_average,
+            started=self.started,
+            duration_s=time.monotonic() - self.clock_start,
+            machine=self.machine,
+            candidate_label=candidate_label,
+            baseline_label=baseline_label,
+            method=method,
+            rows=rows,
+            notes=notes,
+        )
 
 
 def _markers(name: str) -> tuple[str, str]:

@@ -13,9 +13,7 @@ hundred KiB of allocator noise aside).
 
 from __future__ import annotations
 
-import os
 import time
-from datetime import UTC, datetime
 
 import trio
 
@@ -50,13 +48,11 @@ def _mixed(sequence: int) -> RequestSpec:
 
 
 async def run(ctx: BenchContext) -> ScenarioReport:
-    started_at = datetime.now(UTC)
-    load_at_start = os.getloadavg()
+    stamp = ctx.begin(NAME)
     rounds = ctx.scale(8, 1)  # many short windows: see proxy.py
     window = 1.0
     memory_requests = ctx.scale(MEMORY_REQUESTS, 2_000)
     warmup = ctx.scale(WARMUP_REQUESTS, 500)
-    began = time.monotonic()
     with work_dir(NAME) as root:
         models = await trio.to_thread.run_sync(test_models, root / "testmodels")
         await trio.to_thread.run_sync(
@@ -165,15 +161,8 @@ async def run(ctx: BenchContext) -> ScenarioReport:
         ),
     ]
     trend = ", ".join(f"{value / MIB:.1f}" for value in samples)
-    return ScenarioReport(
-        name=NAME,
+    return stamp.report(
         title="model listing throughput and daemon memory",
-        command=ctx.command(NAME),
-        revision=ctx.revision,
-        load_average=load_at_start,
-        started=started_at,
-        duration_s=time.monotonic() - began,
-        machine=ctx.machine,
         candidate_label="the listing route",
         baseline_label=f"GET {BASELINE_ROUTE} on the same daemon",
         method=(

@@ -24,7 +24,6 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -185,11 +184,9 @@ def _bundle(root: Path, gguf: Path) -> ModelSpec:
 
 
 async def run(ctx: BenchContext) -> ScenarioReport:
-    started_at = datetime.now(UTC)
-    load_at_start = os.getloadavg()
+    stamp = ctx.begin(NAME)
     rounds = ctx.scale(20, 3)
     engine = ctx.engine
-    began = time.monotonic()
     with work_dir(NAME) as root:
         models = await trio.to_thread.run_sync(test_models, root / "models")
         model = _bundle(root, models["chat"])
@@ -262,15 +259,8 @@ async def run(ctx: BenchContext) -> ScenarioReport:
             format_signed_ms(median(paired.candidate, "stop") - median(paired.baseline, "stop"), 1),
         ),
     )
-    return ScenarioReport(
-        name=NAME,
+    return stamp.report(
         title="request to first token for an unloaded model",
-        command=ctx.command(NAME),
-        revision=ctx.revision,
-        load_average=load_at_start,
-        started=started_at,
-        duration_s=time.monotonic() - began,
-        machine=ctx.machine,
         candidate_label="sandboxed containerd task (engines/ start_runner)",
         baseline_label="bare llama-server process",
         method=(

@@ -16,9 +16,6 @@ round; the ratio is the median of per-round A/B ratios.
 from __future__ import annotations
 
 import json
-import os
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import trio
@@ -122,15 +119,13 @@ def _p99_text(result: LoadResult) -> str:
 
 
 async def run(ctx: BenchContext) -> ScenarioReport:
-    started_at = datetime.now(UTC)
-    load_at_start = os.getloadavg()
+    stamp = ctx.begin(NAME)
     latency_rounds = ctx.scale(10, 2)
     per_round = ctx.scale(100, 20)
     # Many short windows rather than a few long ones: a burst of load from another tenant then
     # spoils one round's ratio, and the median of the rounds shrugs it off.
     throughput_rounds = ctx.scale(10, 1)
     window = 1.0
-    began = time.monotonic()
     body = chat_body(MODEL)
     through = RequestSpec("POST", "/engines/v1/chat/completions", body, JSON)
     direct = RequestSpec("POST", "/v1/chat/completions", body, JSON)
@@ -266,15 +261,8 @@ async def run(ctx: BenchContext) -> ScenarioReport:
             f"{default_a.throughput / default_b.throughput:.2f}x" if default_b.throughput else "n/a",
         )
     )
-    return ScenarioReport(
-        name=NAME,
+    return stamp.report(
         title="tiny non-streamed chat, through the daemon vs direct",
-        command=ctx.command(NAME),
-        revision=ctx.revision,
-        load_average=load_at_start,
-        started=started_at,
-        duration_s=time.monotonic() - began,
-        machine=ctx.machine,
         candidate_label="modelrunner (TCP, /engines/v1/chat/completions)",
         baseline_label="llama-server's Unix socket",
         method=(

@@ -16,10 +16,8 @@ pull. One unrecorded warm-up round first puts the registry's blobs in the page c
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import gguf
@@ -82,11 +80,9 @@ async def _pull_skopeo(reference: str, destination: Path) -> float:
 
 
 async def run(ctx: BenchContext) -> ScenarioReport:
-    started_at = datetime.now(UTC)
-    load_at_start = os.getloadavg()
+    stamp = ctx.begin(NAME)
     rounds = ctx.scale(6, 2)
     size = ctx.scale(ARTIFACT_BYTES, 20 * 1000 * 1000)
-    started = time.monotonic()
     with work_dir(NAME) as root, run_registry(root / "registry") as registry:
         ctx.log(NAME, f"writing a {size / 1e6:.0f} MB random GGUF and pushing it to {registry.host}")
         source = root / "random.gguf"
@@ -150,15 +146,8 @@ async def run(ctx: BenchContext) -> ScenarioReport:
             f"{time_ratio:.2f}x the time (ratio of medians)",
         ),
     )
-    return ScenarioReport(
-        name=NAME,
+    return stamp.report(
         title="model pull from a local registry",
-        command=ctx.command(NAME),
-        revision=ctx.revision,
-        load_average=load_at_start,
-        started=started_at,
-        duration_s=time.monotonic() - started,
-        machine=ctx.machine,
         candidate_label="modelrunner pull (distribution/) into a new store",
         baseline_label="skopeo copy into an OCI dir",
         method=(

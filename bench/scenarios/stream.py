@@ -18,10 +18,7 @@ per arm.
 from __future__ import annotations
 
 import json
-import os
-import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import trio
 
@@ -72,11 +69,9 @@ def stream_timing(response: Response) -> StreamTiming:
 
 
 async def run(ctx: BenchContext) -> ScenarioReport:
-    started_at = datetime.now(UTC)
-    load_at_start = os.getloadavg()
+    stamp = ctx.begin(NAME)
     rounds = ctx.scale(8, 2)
     per_round = ctx.scale(4, 2)
-    began = time.monotonic()
     body = json.dumps(
         {"model": MODEL, "prompt": "Once upon a time", "max_tokens": TOKENS, "stream": True, "temperature": 0}
     ).encode()
@@ -154,15 +149,8 @@ async def run(ctx: BenchContext) -> ScenarioReport:
             format_signed_ms(added("duration"), 2) + " added",
         ),
     )
-    return ScenarioReport(
-        name=NAME,
+    return stamp.report(
         title=f"{TOKENS}-token streamed completion, through the daemon vs direct",
-        command=ctx.command(NAME),
-        revision=ctx.revision,
-        load_average=load_at_start,
-        started=started_at,
-        duration_s=time.monotonic() - began,
-        machine=ctx.machine,
         candidate_label="modelrunner (TCP, /engines/v1/completions)",
         baseline_label="llama-server's Unix socket",
         method=(

@@ -16,11 +16,9 @@ one that loads per request would approach 300.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import trio
 
@@ -68,10 +66,8 @@ def memory_budget(estimates: list[int]) -> int:
 
 
 async def run(ctx: BenchContext) -> ScenarioReport:
-    started_at = datetime.now(UTC)
-    load_at_start = os.getloadavg()
+    stamp = ctx.begin(NAME)
     requests = ctx.scale(REQUESTS, 40)
-    began = time.monotonic()
     plan = request_plan(requests, MODELS)
     outcomes: list[Outcome] = []
     with work_dir(NAME) as root:
@@ -158,15 +154,8 @@ async def run(ctx: BenchContext) -> ScenarioReport:
             f"the time limit stopped the run: {unfinished} of {requests} requests were not answered "
             "(not counted as failures; loads and the minimum cover what was sent)"
         )
-    return ScenarioReport(
-        name=NAME,
+    return stamp.report(
         title=f"3 models, memory for 1, {requests} interleaved requests from {CLIENTS} clients",
-        command=ctx.command(NAME),
-        revision=ctx.revision,
-        load_average=load_at_start,
-        started=started_at,
-        duration_s=time.monotonic() - began,
-        machine=ctx.machine,
         candidate_label="modelrunner scheduler",
         baseline_label="offline minimum (Belady, 1 slot, arrival order)",
         method=(
