@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +26,8 @@ import trio
 from modelrunner.engines import Mode
 from modelrunner.scheduler import ConfigureRequest, ModelNotFound
 from prometheus_client import CollectorRegistry, Counter
+
+from tests.api.conftest import FakeLease, FakeRow
 
 
 def http_get_unix(socket_path: Path, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -117,31 +119,10 @@ class PoolModel:
     model_id: str
 
 
-@dataclass
-class Lease:
-    socket_path: Path
-    model_id: str
-    model_name: str
-    backend: str
-    mode: Mode
-    broken: list[str] = field(default_factory=list)
-
-    def mark_broken(self, reason: str) -> None:
-        self.broken.append(reason)
-
-
 @dataclass(frozen=True)
-class Row:
-    backend_name: str
-    model_name: str
-    model_id: str
-    mode: Mode
-    last_used: datetime | None
-    in_use: bool
-    loading: bool
-    keep_alive: float
-    memory_reserved: int
-    memory_measured: int | None
+class Row(FakeRow):
+    """A `ps` row that also names the runner's socket (for `/metrics` scrapes)."""
+
     socket_path: Path
 
 
@@ -217,18 +198,18 @@ class RunnerPool:
         backend: str | None = None,
         *,
         keep_alive: float | None = None,
-    ) -> contextlib.AbstractAsyncContextManager[Lease]:
+    ) -> contextlib.AbstractAsyncContextManager[FakeLease]:
         return self._acquire(model, Mode(mode), backend)
 
     @contextlib.asynccontextmanager
-    async def _acquire(self, model: str, mode: Mode, backend: str | None) -> AsyncIterator[Lease]:
+    async def _acquire(self, model: str, mode: Mode, backend: str | None) -> AsyncIterator[FakeLease]:
         self.acquired.append((model, mode, backend))
         entry = self.models.get(model)
         if entry is None:
             raise ModelNotFound(model)
         runner = await trio.to_thread.run_sync(self._runner_blocking, entry, mode)
         runner.in_use += 1
-        lease = Lease(runner.socket_path, entry.model_id, model, backend or "llama.cpp", mode)
+        lease = FakeLease(runner.socket_path, entry.model_id, model, backend or "llama.cpp", mode)
         try:
             yield lease
         finally:
