@@ -28,6 +28,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
+from modelrunner.api._sockets import read_when_ready
 from modelrunner.api._wire import (
     END,
     LAST_CHUNK,
@@ -399,20 +400,15 @@ class _ServerConnection:
         stream = self.stream
         if not isinstance(stream, trio.SocketStream):
             return bytes(await stream.receive_some(_RECEIVE_SIZE))
-        if self.drained:
-            # The last read emptied the socket: the client's next request is most likely still to
-            # come, so wait first instead of failing a read (a system call and an exception).
-            await trio.lowlevel.wait_readable(stream.socket)
-        while True:
-            try:
-                data = os.read(stream.socket.fileno(), _RECEIVE_SIZE)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(stream.socket)
-                continue
-            except OSError as exc:  # reset by the peer, or closed under us
-                raise trio.BrokenResourceError(str(exc)) from exc
-            self.drained = 0 < len(data) < _RECEIVE_SIZE
-            return data
+        sock = stream.socket
+        try:
+            data = await read_when_ready(
+                lambda: os.read(sock.fileno(), _RECEIVE_SIZE), sock, drained=self.drained
+            )
+        except OSError as exc:  # reset by the peer, or closed under us
+            raise trio.BrokenResourceError(str(exc)) from exc
+        self.drained = 0 < len(data) < _RECEIVE_SIZE
+        return data
 
     async def send_bytes(self, data: bytes) -> None:
         stream = self.stream

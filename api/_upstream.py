@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+from modelrunner.api._sockets import read_when_ready
 from modelrunner.api._wire import END, Event, Head, MessageReader, ProtocolError, request_bytes
 
 __all__ = [
@@ -86,18 +87,9 @@ class _Connection:
 
     async def _receive(self) -> bytes:
         sock = self.sock
-        if self.drained:
-            # The last read emptied the socket, so the engine's next bytes (a stream's next token)
-            # are most likely still to come: wait first instead of failing a read every time.
-            await trio.lowlevel.wait_readable(sock)
-        while True:
-            try:
-                data = sock.recv(_RECEIVE_SIZE)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
-                continue
-            self.drained = 0 < len(data) < _RECEIVE_SIZE
-            return data
+        data = await read_when_ready(lambda: sock.recv(_RECEIVE_SIZE), sock, drained=self.drained)
+        self.drained = 0 < len(data) < _RECEIVE_SIZE
+        return data
 
     async def next_event(self) -> Event | None:
         """The next response event; None when the engine closed the connection."""
