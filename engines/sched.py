@@ -54,17 +54,19 @@ def request_short_slice(slice_ns: int = DEFAULT_SLICE_NS) -> str | None:
 
     Returns None when the kernel took it, else why not (for the log).
     """
+    return _set_attr(0, _SCHED_OTHER, flags=_SCHED_FLAG_RESET_ON_FORK, nice=os.nice(0), runtime_ns=slice_ns)
+
+
+def _set_attr(tid: int, policy: int, *, flags: int = 0, nice: int = 0, runtime_ns: int = 0) -> str | None:
+    """sched_setattr for thread `tid` (0 = the caller): None, or why it was refused."""
     numbers = _syscalls()
     if numbers is None:
         return f"not supported on {platform.machine()}"
-    attr = _ATTR.pack(
-        _ATTR.size, _SCHED_OTHER, _SCHED_FLAG_RESET_ON_FORK, os.nice(0), 0, slice_ns, 0, 0, 0, 0
-    )
+    attr = _ATTR.pack(_ATTR.size, policy, flags, nice, 0, runtime_ns, 0, 0, 0, 0)
     libc = ctypes.CDLL(None, use_errno=True)
     buffer = ctypes.create_string_buffer(attr, _ATTR.size)
-    if libc.syscall(numbers[0], 0, buffer, 0) != 0:
-        errno = ctypes.get_errno()
-        return f"sched_setattr: {os.strerror(errno)}"
+    if libc.syscall(numbers[0], tid, buffer, 0) != 0:
+        return f"sched_setattr({tid}): {os.strerror(ctypes.get_errno())}"
     return None
 
 
@@ -86,18 +88,6 @@ def current_slice_ns(tid: int = 0) -> int | None:
     return None if attr is None else attr[5]
 
 
-def _set_policy(tid: int, policy: int) -> str | None:
-    numbers = _syscalls()
-    if numbers is None:
-        return f"not supported on {platform.machine()}"
-    attr = _ATTR.pack(_ATTR.size, policy, 0, 0, 0, 0, 0, 0, 0, 0)
-    libc = ctypes.CDLL(None, use_errno=True)
-    buffer = ctypes.create_string_buffer(attr, _ATTR.size)
-    if libc.syscall(numbers[0], tid, buffer, 0) != 0:
-        return f"sched_setattr({tid}): {os.strerror(ctypes.get_errno())}"
-    return None
-
-
 def run_as_batch(pid: int) -> str | None:
     """Put every thread of process `pid` under SCHED_BATCH (threads it starts later inherit it).
 
@@ -108,7 +98,7 @@ def run_as_batch(pid: int) -> str | None:
         threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
     except OSError as exc:
         return f"cannot list the threads of {pid}: {exc.strerror or exc}"
-    problems = [problem for tid in threads if (problem := _set_policy(tid, SCHED_BATCH)) is not None]
+    problems = [problem for tid in threads if (problem := _set_attr(tid, SCHED_BATCH)) is not None]
     return "; ".join(problems) if problems else None
 
 
