@@ -53,6 +53,8 @@ Headers = list[tuple[bytes, bytes]]
 
 BANNER = b"Docker Model Runner is running"
 _ZERO_TIME = "0001-01-01T00:00:00Z"
+# DMR's first event to a follower of /engines/requests (its exact bytes, spacing included).
+_CONNECTED_EVENT = b'event: connected\ndata: {"status": "connected"}\n\n'
 
 _RENDERERS = {
     ErrorStyle.DMR: render_dmr,
@@ -612,7 +614,7 @@ class ApiApp:
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), *extra]
         await ex.start_response(200, headers)
         if recorder is None:
-            await ex.send(b'event: connected\ndata: {"status": "connected"}\n\n')
+            await ex.send(_CONNECTED_EVENT)
             await ex.end_response()
             return
         async with ex.cancel_on_disconnect():
@@ -623,7 +625,7 @@ class ApiApp:
                             await ex.send(
                                 _sse_event("existing_request", [self._records_object(key, [record])])
                             )
-                await ex.send(b'event: connected\ndata: {"status": "connected"}\n\n')
+                await ex.send(_CONNECTED_EVENT)
                 async for record in finished:
                     if model and record.model != model:
                         continue
