@@ -36,7 +36,7 @@ from modelrunner.api._metrics import (
 )
 from modelrunner.api._ollama import render_ollama
 from modelrunner.api._openai import openai_model_list, openai_model_object
-from modelrunner.api._proxy import InferenceProxy
+from modelrunner.api._proxy import InferenceProxy, require_backend
 from modelrunner.api._recorder import Record, RequestRecorder, record_object
 from modelrunner.api._routing import ErrorStyle, Route, RouteKind, parse_query, route, split_target
 from modelrunner.api._upstream import PoolSet
@@ -314,9 +314,7 @@ class ApiApp:
             raise ApiError(400, f"invalid {what}: the body is not valid JSON ({exc})") from None
 
     def _check_backend(self, backend: str | None) -> None:
-        if backend is not None and backend not in self.services.backends.names():
-            known = ", ".join(self.services.backends.names())
-            raise ApiError(404, f"backend not found: {backend!r} (known backends: {known})")
+        require_backend(self.services.backends, backend)
 
     # -- misc routes ---------------------------------------------------------------------------
 

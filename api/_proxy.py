@@ -47,7 +47,13 @@ from modelrunner.api._upstream import (
 from modelrunner.api.ports import BackendsPort, LeasePort, SchedulerPort
 from modelrunner.engines import Mode
 
-__all__ = ["InferenceProxy", "engine_slots", "filter_response_headers", "upstream_request_headers"]
+__all__ = [
+    "InferenceProxy",
+    "engine_slots",
+    "filter_response_headers",
+    "require_backend",
+    "upstream_request_headers",
+]
 
 log = logging.getLogger("modelrunner.api.proxy")
 
@@ -104,6 +110,13 @@ def filter_response_headers(engine_headers: Headers) -> Headers:
     return [(name, value) for name, value in engine_headers if name not in _DROP_RESPONSE]
 
 
+def require_backend(backends: BackendsPort, name: str | None) -> None:
+    """Refuse a request naming a backend that does not exist (404); None means the default."""
+    if name is not None and name not in backends.names():
+        known = ", ".join(backends.names())
+        raise ApiError(404, f"backend not found: {name!r} (known backends: {known})")
+
+
 def engine_slots(props: bytes) -> int | None:
     """`total_slots` from llama-server's `GET /props` body, or None."""
     try:
@@ -127,9 +140,7 @@ class InferenceProxy:
 
     async def handle(self, ex: Exchange, route: Route, query: str, extra_headers: Headers) -> None:
         """Serve one inference request; raises ApiError for answers in the route's error style."""
-        if route.backend is not None and route.backend not in self.backends.names():
-            known = ", ".join(self.backends.names())
-            raise ApiError(404, f"backend not found: {route.backend!r} (known backends: {known})")
+        require_backend(self.backends, route.backend)
         try:
             body = await ex.read_body(self.body_limit)
         except BodyTooLarge:
