@@ -93,19 +93,7 @@ async def run_closed_loop(
         connection = HttpConnection(endpoint)
         try:
             while (spec := next_spec()) is not None:
-                try:
-                    response = await connection.request(
-                        spec.method, spec.target, spec.body, headers=spec.headers, sse=spec.sse
-                    )
-                except (OSError, HttpError) as exc:
-                    result.errors[type(exc).__name__] += 1
-                    await connection.aclose()
-                    continue
-                result.statuses[response.status] += 1
-                if 200 <= response.status < 300:
-                    result.latencies.append(response.latency)
-                if keep_responses:
-                    result.responses.append(response)
+                await _tally_request(connection, spec, result, keep_responses)
         finally:
             await connection.aclose()
 
@@ -123,18 +111,26 @@ async def run_sequential(
     result = LoadResult()
     started = time.perf_counter()
     for _ in range(count):
-        try:
-            response = await connection.request(
-                spec.method, spec.target, spec.body, headers=spec.headers, sse=spec.sse
-            )
-        except (OSError, HttpError) as exc:
-            result.errors[type(exc).__name__] += 1
-            await connection.aclose()
-            continue
-        result.statuses[response.status] += 1
-        if 200 <= response.status < 300:
-            result.latencies.append(response.latency)
-        if keep_responses:
-            result.responses.append(response)
+        await _tally_request(connection, spec, result, keep_responses)
     result.elapsed = time.perf_counter() - started
     return result
+
+
+async def _tally_request(
+    connection: HttpConnection, spec: RequestSpec, result: LoadResult, keep_responses: bool
+) -> None:
+    """One request into `result`: its status and latency, or its error (the connection is then
+    closed, so the next request opens a fresh one)."""
+    try:
+        response = await connection.request(
+            spec.method, spec.target, spec.body, headers=spec.headers, sse=spec.sse
+        )
+    except (OSError, HttpError) as exc:
+        result.errors[type(exc).__name__] += 1
+        await connection.aclose()
+        return
+    result.statuses[response.status] += 1
+    if 200 <= response.status < 300:
+        result.latencies.append(response.latency)
+    if keep_responses:
+        result.responses.append(response)
