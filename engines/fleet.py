@@ -12,16 +12,17 @@ The fleet lives in the backend's nursery, which runs each runner's log follower.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, final
+from typing import Any, Protocol, TypeVar, final
 
 import trio
 from modelrunner.engines.base import MemoryEstimate, Mode, ModelSpec
@@ -331,3 +332,31 @@ def image_user(image: Image) -> tuple[int, int]:
 def config_digest(argv: Sequence[str], image_digest: str) -> str:
     payload = json.dumps({"argv": list(argv), "image": image_digest}, separators=(",", ":")).encode()
     return "sha256:" + hashlib.sha256(payload).hexdigest()
+
+
+class _StoppableBackend(Protocol):
+    async def stop_all(self, grace: float | None = None) -> None: ...
+
+
+_B = TypeVar("_B", bound=_StoppableBackend)
+
+
+@contextlib.asynccontextmanager
+async def backend_lifetime(
+    make: Callable[[trio.Nursery], _B], environment: EngineEnvironment, *, stop_runners_on_exit: bool
+) -> AsyncIterator[_B]:
+    """A backend made with the nursery that runs its runners' log followers.
+
+    Leaving the block stops its runners (unless ``stop_runners_on_exit`` is False, as when the
+    daemon leaves them for the next one to adopt) and cancels the followers.
+    """
+    async with trio.open_nursery() as nursery:
+        backend = make(nursery)
+        try:
+            yield backend
+        finally:
+            with trio.CancelScope(shield=True):
+                if stop_runners_on_exit:
+                    with trio.move_on_after(environment.stop_grace + 60):
+                        await backend.stop_all()
+            nursery.cancel_scope.cancel()

@@ -30,7 +30,7 @@ from modelrunner.engines.errors import (
     InvalidRuntimeFlags,
 )
 from modelrunner.engines.flags import VLLM_FLAGS
-from modelrunner.engines.fleet import LaunchRequest, RunnerFleet, gpu_device_id
+from modelrunner.engines.fleet import LaunchRequest, RunnerFleet, backend_lifetime, gpu_device_id
 from modelrunner.engines.image import EngineImage
 from modelrunner.engines.runner import ContainerRunner
 from modelrunner.engines.status import BackendStatus
@@ -118,15 +118,11 @@ def build_vllm_argv(launch: VllmLaunch) -> list[str]:
     return argv
 
 
-def estimate_vllm(
-    launch: VllmLaunch, gpu_totals: Mapping[str, int], weights_bytes: int
-) -> MemoryEstimate:
+def estimate_vllm(launch: VllmLaunch, gpu_totals: Mapping[str, int], weights_bytes: int) -> MemoryEstimate:
     """vLLM takes ``utilization x total`` of every granted GPU up front (weights + KV pool), and
     loads the weights through host memory."""
     vram = {gpu: int(total * launch.gpu_memory_utilization) for gpu, total in gpu_totals.items()}
     return MemoryEstimate(ram=VLLM_HOST_OVERHEAD + weights_bytes, vram=MappingProxyType(vram))
-
-
 
 
 MISSING_GPU = "requires an NVIDIA GPU"
@@ -201,8 +197,12 @@ class VllmBackend:
         launch = resolve_vllm_launch(model, mode, config, chat_template=template)
         return await self.fleet.launch(
             LaunchRequest(
-                model=model, mode=mode, argv=tuple(build_vllm_argv(launch)), image=image,
-                reservation=reservation, gpus=self.environment.gpus.devices,
+                model=model,
+                mode=mode,
+                argv=tuple(build_vllm_argv(launch)),
+                image=image,
+                reservation=reservation,
+                gpus=self.environment.gpus.devices,
                 # vLLM's caches (torch compile, HF) go to the writable tmpfs; no network access.
                 extra_env=("HF_HUB_OFFLINE=1", "VLLM_NO_USAGE_STATS=1", "XDG_CACHE_HOME=/tmp"),
             )
@@ -219,15 +219,11 @@ class VllmBackend:
 async def open_vllm_backend(
     environment: EngineEnvironment, *, stop_runners_on_exit: bool = True
 ) -> AsyncIterator[VllmBackend]:
-    async with trio.open_nursery() as nursery:
-        backend = VllmBackend(environment, nursery)
+    async with backend_lifetime(
+        lambda nursery: VllmBackend(environment, nursery),
+        environment,
+        stop_runners_on_exit=stop_runners_on_exit,
+    ) as backend:
         if backend.host_supported:
             await backend.engine_image.refresh()
-        try:
-            yield backend
-        finally:
-            with trio.CancelScope(shield=True):
-                if stop_runners_on_exit:
-                    with trio.move_on_after(environment.stop_grace + 60):
-                        await backend.stop_all()
-            nursery.cancel_scope.cancel()
+        yield backend

@@ -23,7 +23,7 @@ from modelrunner.engines.base import MemoryEstimate, Mode, ModelSpec, Runner, Ru
 from modelrunner.engines.environment import EngineEnvironment, default_threads
 from modelrunner.engines.errors import BackendBusy, EngineStartError, InvalidRuntimeFlags
 from modelrunner.engines.flags import LLAMACPP_FLAGS
-from modelrunner.engines.fleet import LaunchRequest, RunnerFleet, gpu_device_id
+from modelrunner.engines.fleet import LaunchRequest, RunnerFleet, backend_lifetime, gpu_device_id
 from modelrunner.engines.gguf_facts import GgufFacts, GgufReadError, read_gguf_facts
 from modelrunner.engines.image import EngineImage
 from modelrunner.engines.llamacpp.argv import (
@@ -233,17 +233,13 @@ async def open_llamacpp_backend(
     Leaving the block stops its runners (unless ``stop_runners_on_exit`` is False) and cancels
     their log followers.
     """
-    async with trio.open_nursery() as nursery:
-        backend = LlamaCppBackend(environment, nursery)
+    async with backend_lifetime(
+        lambda nursery: LlamaCppBackend(environment, nursery),
+        environment,
+        stop_runners_on_exit=stop_runners_on_exit,
+    ) as backend:
         await backend.refresh()
-        try:
-            yield backend
-        finally:
-            with trio.CancelScope(shield=True):
-                if stop_runners_on_exit:
-                    with trio.move_on_after(environment.stop_grace + 60):
-                        await backend.stop_all()
-            nursery.cancel_scope.cancel()
+        yield backend
 
 
 # -- helpers (blocking; run in a thread where it matters) -------------------------------------------
