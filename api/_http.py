@@ -8,8 +8,8 @@ possible (one for a complete response).
 
 Lifetimes: `serve_connection` returns when the connection is done; nothing it starts outlives it.
 The application may use `Exchange.cancel_on_disconnect()` around slow work once it has read the
-body: a watcher task in the connection's nursery then notices the client going away (EOF or reset)
-and cancels that work, the way Go's net/http cancels a request's context.
+body: the server's `DisconnectMonitor` then notices the client going away (EOF or reset) and
+cancels that work, the way Go's net/http cancels a request's context.
 
 Framing rules: a complete response carries `Content-Length`; a streamed one is chunked for HTTP/1.1
 clients and close-delimited for HTTP/1.0 ones; HEAD, 204 and 304 responses carry no body. The
@@ -24,10 +24,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import TracebackType
 
 import trio
+from modelrunner.api._disconnect import DisconnectMonitor
 from modelrunner.api._sockets import read_when_ready
 from modelrunner.api._wire import (
     END,
@@ -176,7 +177,9 @@ class Exchange:
             raise BodyTooLarge(limit)
         parts: list[bytes] = []
         size = 0
-        async for piece in self.iter_body():
+        # Not `async for ... in iter_body()`: an async generator per request costs trio's
+        # finalizer hooks, and this is on every inference request's path.
+        while (piece := await self._next_body_piece()) is not None:
             size += len(piece)
             if size > limit:
                 raise BodyTooLarge(limit)
@@ -185,6 +188,11 @@ class Exchange:
 
     async def iter_body(self) -> AsyncIterator[bytes]:
         """Yield the request body as it arrives. Raises as `read_body`."""
+        while (piece := await self._next_body_piece()) is not None:
+            yield piece
+
+    async def _next_body_piece(self) -> bytes | None:
+        """The next piece of the request body; None at its end. Raises as `read_body`."""
         conn = self._conn
         while not self.body_done:
             if not self._continue_sent and self.header(b"expect") == b"100-continue":
@@ -203,70 +211,22 @@ class Exchange:
             if event is END:
                 self.body_done = True
             elif isinstance(event, bytes):
-                yield event
+                return event
             else:
                 self.client_gone = True
                 raise ClientDisconnected("client closed the connection before sending the whole body")
+        return None
 
-    @asynccontextmanager
-    async def cancel_on_disconnect(self) -> AsyncIterator[trio.CancelScope]:
-        """Cancel the block when the client disconnects; yields the cancel scope used.
+    def cancel_on_disconnect(self) -> _DisconnectScope:
+        """`async with` it around slow work to cancel that work when the client disconnects.
 
         Use it once the request body has been read (before that, a disconnect shows up as
-        `ClientDisconnected` from the body reads). After a disconnect `client_gone` is True and the
-        block exits silently: its cancellation is absorbed here. The watcher task runs in the
-        connection's nursery. Leaving the block withdraws its wait on the socket at once, so the
-        connection can read the next request without waiting for the watcher to wind down (this is
-        on every inference request's path); only a watcher caught reading is waited for.
+        `ClientDisconnected` from the body reads); it yields the cancel scope used. After a
+        disconnect `client_gone` is True and the block exits silently: its cancellation is absorbed
+        here. The server's `DisconnectMonitor` does the watching, so this costs a request two
+        system calls, not a task.
         """
-        conn = self._conn
-        scope = trio.CancelScope()
-        if conn.nursery is None or not self.body_done or conn.reader.pending:
-            with scope:
-                yield scope
-            return
-        watch = _DisconnectWatch(scope)
-        conn.nursery.start_soon(self._watch_disconnect, watch)
-        try:
-            with scope:
-                yield scope
-        finally:
-            watch.own_scope.cancel()
-            if watch.reading:
-                with trio.CancelScope(shield=True):
-                    await watch.done.wait()
-
-    async def _watch_disconnect(self, watch: _DisconnectWatch) -> None:
-        conn = self._conn
-        try:
-            with watch.own_scope:
-                if watch.block_ended():
-                    return  # the block ended before this task first ran; the socket is not ours
-                stream = conn.stream
-                if isinstance(stream, trio.SocketStream):
-                    # Wait without reading first: the socket is idle while a request is served, so
-                    # a read attempt would only cost a system call that finds nothing.
-                    await trio.lowlevel.wait_readable(stream.socket)
-                    if watch.block_ended():
-                        return  # readable as the block ended: the connection reads it itself
-                watch.reading = True
-                try:
-                    data = await stream.receive_some(_RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                if data:
-                    # A pipelined next request: keep it for the next cycle and stop watching.
-                    try:
-                        conn.reader.feed(bytes(data))
-                    except ProtocolError:
-                        conn.broken = True  # answer this request, then close
-                    return
-                self.client_gone = True
-                conn.peer_closed = True
-                conn.reader.feed_eof()
-                watch.request_scope.cancel()
-        finally:
-            watch.done.set()
+        return _DisconnectScope(self)
 
     # -- response ------------------------------------------------------------------------------
 
@@ -337,36 +297,72 @@ class Exchange:
             await self._conn.send_bytes(LAST_CHUNK)
 
 
-class _DisconnectWatch:
-    """One request's disconnect watcher: the scope it cancels, its own, and whether it reads."""
+class _DisconnectScope:
+    """`Exchange.cancel_on_disconnect()`: a cancel scope that the server's monitor cancels."""
 
-    __slots__ = ("done", "own_scope", "reading", "request_scope")
+    __slots__ = ("_exchange", "_fd", "scope")
 
-    def __init__(self, request_scope: trio.CancelScope) -> None:
-        self.request_scope = request_scope
-        self.own_scope = trio.CancelScope()
-        self.done = trio.Event()
-        self.reading = False
-        """Past its wait: it may be holding bytes the connection must see before reading on."""
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+        self.scope = trio.CancelScope()
+        self._fd = -1
 
-    def block_ended(self) -> bool:
-        return self.own_scope.cancel_called
+    async def __aenter__(self) -> trio.CancelScope:
+        exchange = self._exchange
+        conn = exchange._conn
+        # Unread request bytes would make the socket look idle when it is not: only watch a
+        # connection whose request was read whole, with nothing pipelined behind it.
+        if exchange.body_done and not conn.reader.pending and not conn.reader.eof:
+            fd = conn.fileno()
+            if fd >= 0 and conn.monitor.watch(fd, self._client_spoke):
+                self._fd = fd
+        self.scope.__enter__()
+        return self.scope
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if self._fd >= 0:
+            self._exchange._conn.monitor.unwatch(self._fd)
+            self._fd = -1
+        return self.scope.__exit__(exc_type, exc, tb)
+
+    def _client_spoke(self, data: bytes) -> None:
+        self._fd = -1  # the monitor watches once
+        exchange = self._exchange
+        conn = exchange._conn
+        if data:
+            # A pipelined next request: kept for the connection to parse after this answer.
+            try:
+                conn.reader.feed(data)
+            except ProtocolError:
+                conn.broken = True  # answer this request, then close
+            return
+        exchange.client_gone = True
+        conn.peer_closed = True
+        conn.reader.feed_eof()
+        self.scope.cancel()
 
 
 class _ServerConnection:
-    __slots__ = ("broken", "closing", "drained", "limits", "nursery", "peer_closed", "reader", "stream")
+    __slots__ = ("broken", "closing", "drained", "limits", "monitor", "peer_closed", "reader", "stream")
 
-    def __init__(self, stream: trio.abc.Stream, limits: ServerLimits) -> None:
+    def __init__(self, stream: trio.abc.Stream, limits: ServerLimits, monitor: DisconnectMonitor) -> None:
         self.stream = stream
         self.limits = limits
+        self.monitor = monitor
         self.reader = MessageReader(requests=True, max_head_bytes=limits.max_header_bytes)
         self.peer_closed = False
         self.broken = False
         """The request stream is unusable (bad framing, timeout): answer, then close."""
         self.closing = False
         """The response said `Connection: close` (or is close-delimited)."""
-        self.nursery: trio.Nursery | None = None
         self.drained = False
+
+    def fileno(self) -> int:
+        """The client socket's descriptor; -1 when closed or not a socket."""
+        stream = self.stream
+        return stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
 
     async def next_event(self) -> Event | None:
         """The next request event; None once the client has closed."""
@@ -461,14 +457,16 @@ class _ServerConnection:
             pass
 
 
-async def serve_connection(stream: trio.abc.Stream, handler: Handler, limits: ServerLimits) -> None:
-    """Serve HTTP/1.1 requests on `stream` until the client or the protocol ends the connection."""
-    conn = _ServerConnection(stream, limits)
+async def serve_connection(
+    stream: trio.abc.Stream, handler: Handler, limits: ServerLimits, monitor: DisconnectMonitor
+) -> None:
+    """Serve HTTP/1.1 requests on `stream` until the client or the protocol ends the connection.
+
+    `monitor` (running in the server's nursery) watches the client while a request is served.
+    """
+    conn = _ServerConnection(stream, limits, monitor)
     try:
-        async with trio.open_nursery() as nursery:
-            conn.nursery = nursery
-            await _serve_requests(conn, handler)
-            nursery.cancel_scope.cancel()
+        await _serve_requests(conn, handler)
     finally:
         with trio.CancelScope(shield=True):
             if conn.broken and not conn.peer_closed:

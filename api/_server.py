@@ -27,6 +27,7 @@ from typing import final
 import trio
 from modelrunner.api._app import ApiApp, ApiServices
 from modelrunner.api._config import ApiConfig
+from modelrunner.api._disconnect import DisconnectMonitor
 from modelrunner.api._http import serve_connection
 
 __all__ = ["ApiServer", "ListenerError", "open_api_server", "serve"]
@@ -177,8 +178,10 @@ async def open_api_server(services: ApiServices, config: ApiConfig | None = None
             listeners.append(await _open_unix(config.unix_path, config.unix_mode, config.unix_group))
             server.unix_path = config.unix_path
         server._listeners = listeners
-        handler = partial(serve_connection, handler=app, limits=config.limits)
+        monitor = DisconnectMonitor()
+        handler = partial(serve_connection, handler=app, limits=config.limits, monitor=monitor)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(monitor.run)
             for listener in listeners:
                 nursery.start_soon(trio.serve_listeners, handler, [listener])
             log.info(
