@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
+from types import TracebackType
 
 import trio
 from modelrunner.api._errors import ApiError
@@ -206,8 +207,7 @@ class InferenceProxy:
         finally:
             recorder.finish(record, ex.status if ex.response_started else 0)
 
-    @asynccontextmanager
-    async def engine_request(
+    def engine_request(
         self,
         ex: Exchange,
         lease: LeasePort,
@@ -217,8 +217,9 @@ class InferenceProxy:
         *,
         model: str,
         record: Record | None = None,
-    ) -> AsyncIterator[UpstreamResponse]:
-        """POST to the lease's runner over its pool and yield the response once its head arrived.
+    ) -> _EngineRequest:
+        """`async with` it to POST to the lease's runner over its pool; yields the response once its
+        head arrived.
 
         Every layer (OpenAI, Ollama, Anthropic) reaches engines through here, so failures mean the
         same everywhere, and `record` keeps what the engine sends.
@@ -229,23 +230,19 @@ class InferenceProxy:
             ClientDisconnected: the engine failed after the answer started (the client connection is
                 dropped so a truncated body is never taken for a whole one).
         """
-        pool = self.pools.get(lease.socket_path)
-        try:
-            if not pool.capacity_known:
-                await self._learn_capacity(pool, lease.backend)
-            async with pool.request(b"POST", target, headers, body) as response:
-                if record is not None:
-                    response.tap = record.add
-                yield response
-        except UpstreamConnectError as exc:
-            lease.mark_broken(str(exc))
+        return _EngineRequest(self, ex, lease, target, headers, body, model, record)
+
+    async def _failure_error(
+        self, ex: Exchange, lease: LeasePort, model: str, exc: UpstreamError
+    ) -> Exception:
+        """What a failed engine request means to the client; the runner is reported broken."""
+        lease.mark_broken(str(exc))
+        if isinstance(exc, UpstreamConnectError):
             await self.pools.discard(lease.socket_path)
-            raise ApiError(502, f"the engine for {model!r} is not reachable: {exc}") from exc
-        except UpstreamError as exc:
-            lease.mark_broken(str(exc))
-            if ex.response_started:
-                raise ClientDisconnected(f"engine failed mid-response: {exc}") from exc
-            raise ApiError(502, f"the engine for {model!r} failed: {exc}") from exc
+            return ApiError(502, f"the engine for {model!r} is not reachable: {exc}")
+        if ex.response_started:
+            return ClientDisconnected(f"engine failed mid-response: {exc}")
+        return ApiError(502, f"the engine for {model!r} failed: {exc}")
 
     async def _forward(
         self,
@@ -329,3 +326,54 @@ class InferenceProxy:
         if rest:
             await ex.send(rewrite(rest))
         await ex.end_response()
+
+
+class _EngineRequest:
+    """`InferenceProxy.engine_request()`'s block (a class: see `_PooledRequest`)."""
+
+    __slots__ = ("_body", "_ex", "_headers", "_lease", "_model", "_proxy", "_record", "_request", "_target")
+
+    def __init__(
+        self,
+        proxy: InferenceProxy,
+        ex: Exchange,
+        lease: LeasePort,
+        target: bytes,
+        headers: Headers,
+        body: bytes,
+        model: str,
+        record: Record | None,
+    ) -> None:
+        self._proxy = proxy
+        self._ex = ex
+        self._lease = lease
+        self._target = target
+        self._headers = headers
+        self._body = body
+        self._model = model
+        self._record = record
+        self._request: AbstractAsyncContextManager[UpstreamResponse] | None = None
+
+    async def __aenter__(self) -> UpstreamResponse:
+        proxy, lease = self._proxy, self._lease
+        pool = proxy.pools.get(lease.socket_path)
+        try:
+            if not pool.capacity_known:
+                await proxy._learn_capacity(pool, lease.backend)
+            request = pool.request(b"POST", self._target, self._headers, self._body)
+            response = await request.__aenter__()
+        except UpstreamError as exc:
+            raise await proxy._failure_error(self._ex, lease, self._model, exc) from exc
+        self._request = request
+        if self._record is not None:
+            response.tap = self._record.add
+        return response
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        request, self._request = self._request, None
+        if request is not None:
+            await request.__aexit__(exc_type, exc, tb)
+        if isinstance(exc, UpstreamError):
+            raise await self._proxy._failure_error(self._ex, self._lease, self._model, exc) from exc

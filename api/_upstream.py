@@ -21,10 +21,10 @@ from __future__ import annotations
 import errno
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 import trio
 from modelrunner.api._sockets import read_when_ready
@@ -317,25 +317,27 @@ class UnixConnectionPool:
         self.opened += 1
         return _Connection(sock)
 
-    @asynccontextmanager
-    async def request(
+    def request(
         self, method: bytes, target: bytes, headers: Headers, body: bytes = b"", *, extra: bool = False
-    ) -> AsyncIterator[UpstreamResponse]:
-        """Send one request and yield its response once the head has arrived.
+    ) -> _PooledRequest:
+        """`async with` it to send one request and get its response once the head has arrived.
 
         `headers` must include `host`; `content-length` is added for `body`. Leaving the block
         returns the connection to the pool if the body was read to the end, else closes it.
         `extra` requests (metrics scrapes) do not wait for the limit: they use an idle connection
         or a short-lived one of their own.
 
-        Raises:
+        Raises (on entry):
             UpstreamConnectError: the socket cannot be connected to.
             UpstreamError: the connection failed before a response head arrived.
         """
+        return _PooledRequest(self, request_bytes(method, target, headers, body), extra)
+
+    async def _open_exchange(self, request: bytes, extra: bool) -> tuple[_Connection, bool, UpstreamResponse]:
+        """Send `request` on a pooled connection: (connection, whether it counts, response)."""
         if self._closed:
             raise UpstreamConnectError(f"connection pool for {self.socket_path} is closed")
         await trio.lowlevel.checkpoint_if_cancelled()
-        request = request_bytes(method, target, headers, body)
         attempt = 0
         while True:
             attempt += 1
@@ -343,7 +345,7 @@ class UnixConnectionPool:
             counted = reused or not extra
             self._active += 1
             try:
-                response = await self._send_and_read_head(conn, request)
+                return conn, counted, await self._send_and_read_head(conn, request)
             except BaseException as exc:
                 self._active -= 1
                 await self._close(conn, counted=counted)
@@ -352,15 +354,15 @@ class UnixConnectionPool:
                 if isinstance(exc, _StaleConnection):
                     raise UpstreamError(str(exc)) from exc
                 raise
-            break
-        try:
-            yield response
-        except BaseException:
-            self._active -= 1
-            await self._close(conn, counted=counted)
-            raise
+
+    async def _finish_exchange(
+        self, conn: _Connection, response: UpstreamResponse, counted: bool, failed: bool
+    ) -> None:
         self._active -= 1
-        await self._release(conn, response, counted=counted)
+        if failed:
+            await self._close(conn, counted=counted)
+        else:
+            await self._release(conn, response, counted=counted)
 
     async def _send_and_read_head(self, conn: _Connection, request: bytes) -> UpstreamResponse:
         conn.idle = False
@@ -416,6 +418,40 @@ class UnixConnectionPool:
         idle, self._idle = self._idle, []
         for conn in idle:
             await self._close(conn)
+
+
+class _PooledRequest:
+    """`UnixConnectionPool.request()`'s block: the response on entry, the connection settled on exit.
+
+    A class, not an `@asynccontextmanager`: a generator per request costs trio's async-generator
+    hooks, and every proxied request passes here.
+    """
+
+    __slots__ = ("_conn", "_counted", "_extra", "_pool", "_request", "_response")
+
+    def __init__(self, pool: UnixConnectionPool, request: bytes, extra: bool) -> None:
+        self._pool = pool
+        self._request = request
+        self._extra = extra
+        self._conn: _Connection | None = None
+        self._counted = False
+        self._response: UpstreamResponse | None = None
+
+    async def __aenter__(self) -> UpstreamResponse:
+        if self._conn is not None:
+            raise RuntimeError("a pooled request is sent once")
+        self._conn, self._counted, self._response = await self._pool._open_exchange(
+            self._request, self._extra
+        )
+        return self._response
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        conn, response = self._conn, self._response
+        if conn is not None and response is not None:
+            self._conn = None
+            await self._pool._finish_exchange(conn, response, self._counted, failed=exc_type is not None)
 
 
 class _StaleConnection(Exception):

@@ -35,7 +35,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import MappingProxyType
+from types import MappingProxyType, TracebackType
 from typing import Protocol, cast, final, runtime_checkable
 
 import trio
@@ -312,6 +312,35 @@ class _Slot:
 
 
 @final
+class _LeaseScope:
+    """``async with scheduler.acquire(...)``: a lease on entry, released on exit.
+
+    A class, not an ``@asynccontextmanager``: a generator per request costs trio's async-generator
+    hooks, and every inference request passes here.
+    """
+
+    __slots__ = ("_args", "_lease", "_scheduler")
+
+    def __init__(
+        self, scheduler: Scheduler, model: str, mode: Mode, backend: str | None, keep_alive: float | None
+    ) -> None:
+        self._scheduler = scheduler
+        self._args = (model, mode, backend, keep_alive)
+        self._lease: RunnerLease | None = None
+
+    async def __aenter__(self) -> RunnerLease:
+        if self._lease is not None:
+            raise RuntimeError("a lease scope is entered once")
+        self._lease = await self._scheduler._acquire(*self._args)
+        return self._lease
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._lease is not None:
+            self._scheduler._release(self._lease)
+
+
 class RunnerLease:
     """A request's hold on a ready runner, for the duration of ``async with scheduler.acquire(...)``.
 
@@ -443,15 +472,10 @@ class Scheduler:
         async with self.acquire(model, mode, backend):
             pass
 
-    @asynccontextmanager
-    async def _lease(
+    def _lease(
         self, model: str, mode: Mode, backend: str | None, keep_alive: float | None
-    ) -> AsyncIterator[RunnerLease]:
-        lease = await self._acquire(model, mode, backend, keep_alive)
-        try:
-            yield lease
-        finally:
-            self._release(lease)
+    ) -> _LeaseScope:
+        return _LeaseScope(self, model, mode, backend, keep_alive)
 
     async def _acquire(
         self, model: str, mode: Mode, backend_name: str | None, keep_alive: float | None
