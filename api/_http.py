@@ -8,7 +8,7 @@ possible (one for a complete response).
 
 Lifetimes: `serve_connection` returns when the connection is done; nothing it starts outlives it.
 The application may use `Exchange.cancel_on_disconnect()` around slow work once it has read the
-body: the server's `DisconnectMonitor` then notices the client going away (EOF or reset) and
+body: the server's `ConnectionMonitor` then notices the client going away (EOF or reset) and
 cancels that work, the way Go's net/http cancels a request's context.
 
 Framing rules: a complete response carries `Content-Length`; a streamed one is chunked for HTTP/1.1
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import trio
-from modelrunner.api._disconnect import DisconnectMonitor
+from modelrunner.api._monitor import ConnectionMonitor
 from modelrunner.api._sockets import read_when_ready
 from modelrunner.api._wire import (
     END,
@@ -217,16 +217,17 @@ class Exchange:
                 raise ClientDisconnected("client closed the connection before sending the whole body")
         return None
 
-    def cancel_on_disconnect(self) -> _DisconnectScope:
-        """`async with` it around slow work to cancel that work when the client disconnects.
+    def cancel_on_disconnect(self) -> _DisconnectWatch:
+        """`async with` it around slow work to stop that work when the client disconnects.
 
         Use it once the request body has been read (before that, a disconnect shows up as
-        `ClientDisconnected` from the body reads); it yields the cancel scope used. After a
-        disconnect `client_gone` is True and the block exits silently: its cancellation is absorbed
-        here. The server's `DisconnectMonitor` does the watching, so this costs a request two
-        system calls, not a task.
+        `ClientDisconnected` from the body reads). A disconnect sets `client_gone` and cancels the
+        whole connection: the cancellation unwinds the handler (its `finally` blocks run) and is
+        absorbed where the connection is served, which then closes. The server's
+        `ConnectionMonitor` does the watching, so this costs a request two system calls and no
+        task or cancel scope of its own.
         """
-        return _DisconnectScope(self)
+        return _DisconnectWatch(self)
 
     # -- response ------------------------------------------------------------------------------
 
@@ -297,17 +298,16 @@ class Exchange:
             await self._conn.send_bytes(LAST_CHUNK)
 
 
-class _DisconnectScope:
-    """`Exchange.cancel_on_disconnect()`: a cancel scope that the server's monitor cancels."""
+class _DisconnectWatch:
+    """`Exchange.cancel_on_disconnect()`: the client socket in the monitor's set for a while."""
 
-    __slots__ = ("_exchange", "_fd", "scope")
+    __slots__ = ("_exchange", "_fd")
 
     def __init__(self, exchange: Exchange) -> None:
         self._exchange = exchange
-        self.scope = trio.CancelScope()
         self._fd = -1
 
-    async def __aenter__(self) -> trio.CancelScope:
+    async def __aenter__(self) -> None:
         exchange = self._exchange
         conn = exchange._conn
         # Unread request bytes would make the socket look idle when it is not: only watch a
@@ -316,16 +316,13 @@ class _DisconnectScope:
             fd = conn.fileno()
             if fd >= 0 and conn.monitor.watch(fd, self._client_spoke):
                 self._fd = fd
-        self.scope.__enter__()
-        return self.scope
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
+    ) -> None:
         if self._fd >= 0:
             self._exchange._conn.monitor.unwatch(self._fd)
             self._fd = -1
-        return self.scope.__exit__(exc_type, exc, tb)
 
     def _client_spoke(self, data: bytes) -> None:
         self._fd = -1  # the monitor watches once
@@ -341,16 +338,29 @@ class _DisconnectScope:
         exchange.client_gone = True
         conn.peer_closed = True
         conn.reader.feed_eof()
-        self.scope.cancel()
+        conn.scope.cancel()
 
 
 class _ServerConnection:
-    __slots__ = ("broken", "closing", "drained", "limits", "monitor", "peer_closed", "reader", "stream")
+    __slots__ = (
+        "broken",
+        "closing",
+        "drained",
+        "limits",
+        "monitor",
+        "peer_closed",
+        "reader",
+        "scope",
+        "stream",
+    )
 
-    def __init__(self, stream: trio.abc.Stream, limits: ServerLimits, monitor: DisconnectMonitor) -> None:
+    def __init__(self, stream: trio.abc.Stream, limits: ServerLimits, monitor: ConnectionMonitor) -> None:
         self.stream = stream
         self.limits = limits
         self.monitor = monitor
+        self.scope = trio.CancelScope()
+        """Around all of the connection's work: the monitor cancels it when the client hangs up
+        mid-request or an idle connection times out."""
         self.reader = MessageReader(requests=True, max_head_bytes=limits.max_header_bytes)
         self.peer_closed = False
         self.broken = False
@@ -458,16 +468,18 @@ class _ServerConnection:
 
 
 async def serve_connection(
-    stream: trio.abc.Stream, handler: Handler, limits: ServerLimits, monitor: DisconnectMonitor
+    stream: trio.abc.Stream, handler: Handler, limits: ServerLimits, monitor: ConnectionMonitor
 ) -> None:
     """Serve HTTP/1.1 requests on `stream` until the client or the protocol ends the connection.
 
-    `monitor` (running in the server's nursery) watches the client while a request is served.
+    `monitor` (running in the server's nursery) watches for hang-ups and idle timeouts.
     """
     conn = _ServerConnection(stream, limits, monitor)
     try:
-        await _serve_requests(conn, handler)
+        with conn.scope:
+            await _serve_requests(conn, handler)
     finally:
+        monitor.clear_deadline(conn)
         with trio.CancelScope(shield=True):
             if conn.broken and not conn.peer_closed:
                 await _linger(stream)
@@ -497,13 +509,21 @@ async def _linger(stream: trio.abc.Stream) -> None:
 
 async def _serve_requests(conn: _ServerConnection, handler: Handler) -> None:
     limits = conn.limits
+    monitor = conn.monitor
     exchange: Exchange | None = None
     try:
         while True:
             event: object = conn.reader.next_event()  # a pipelined request needs no waiting
             if event is None:
-                with trio.move_on_after(limits.keepalive_timeout):
+                # Idle (or sending its head) for longer than the keep-alive timeout: the monitor
+                # cancels the connection.
+                monitor.set_deadline(conn, limits.keepalive_timeout, conn.scope.cancel)
+                try:
                     event = await conn.next_event()
+                finally:
+                    monitor.clear_deadline(conn)
+                if conn.scope.cancel_called:
+                    return  # timed out as the request arrived: too late to start on it
             if not isinstance(event, Head):
                 return  # keep-alive timeout or the client closed
             exchange = Exchange(conn, event)

@@ -25,8 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import AbstractAsyncContextManager, contextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -165,31 +164,23 @@ class InferenceProxy:
                             ex, lease, target.encode("latin-1"), body, model, extra_headers, record
                         )
 
-    @contextmanager
-    def observing(self, ex: Exchange, mode: Mode, started: float | None = None) -> Iterator[None]:
-        """Count the inference request and its duration (from `started`, a `perf_counter` time, or
-        now) by outcome: ok, client_gone (the block ended because the client left) or error."""
-        started = time.perf_counter() if started is None else started
-        outcome = "error"
-        try:
-            yield
-            outcome = "client_gone" if ex.client_gone else "ok"
-        finally:
-            self.metrics.observe_inference(mode.value, outcome, ex.status, time.perf_counter() - started)
+    def observing(self, ex: Exchange, mode: Mode, started: float | None = None) -> _Observation:
+        """`with` it to count the inference request and its duration (from `started`, a
+        `perf_counter` time, or now) by outcome: ok, client_gone (the client left) or error."""
+        return _Observation(self.metrics, ex, mode, time.perf_counter() if started is None else started)
 
-    @contextmanager
     def recording(
         self, ex: Exchange, lease: LeasePort, *, model: str, url: str, body: bytes, origin: str | None = None
-    ) -> Iterator[Record | None]:
-        """Record the request for `GET /engines/requests` (None when recording is off).
+    ) -> _Recording:
+        """`with` it to record the request for `GET /engines/requests`; yields the record, or None
+        when recording is off.
 
         The answer is taken from `engine_request(..., record=...)`; an error raised as `ApiError`
         is recorded as the answer, and a request that ends without one gets status 0 (shown 408).
         """
         recorder = self.recorder
         if recorder is None:
-            yield None
-            return
+            return _Recording(None, ex, None)
         record = recorder.begin(
             model_id=lease.model_id,
             model=model,
@@ -199,13 +190,7 @@ class InferenceProxy:
             user_agent=ex.header_str(b"user-agent") or "",
             origin=origin if origin is not None else ex.header_str(b"x-request-origin") or "",
         )
-        try:
-            yield record
-        except ApiError as exc:
-            recorder.finish(record, exc.status, exc.message.encode())
-            raise
-        finally:
-            recorder.finish(record, ex.status if ex.response_started else 0)
+        return _Recording(recorder, ex, record)
 
     def engine_request(
         self,
@@ -377,3 +362,58 @@ class _EngineRequest:
             await request.__aexit__(exc_type, exc, tb)
         if isinstance(exc, UpstreamError):
             raise await self._proxy._failure_error(self._ex, self._lease, self._model, exc) from exc
+
+
+# The blocks below are classes, not @contextmanager generators: every inference request enters
+# each of them once.
+
+
+class _Observation:
+    """`InferenceProxy.observing()`'s block."""
+
+    __slots__ = ("_ex", "_metrics", "_mode", "_started")
+
+    def __init__(self, metrics: ApiMetrics, ex: Exchange, mode: Mode, started: float) -> None:
+        self._metrics = metrics
+        self._ex = ex
+        self._mode = mode
+        self._started = started
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        ex = self._ex
+        # A client that left ends the block with the cancellation (or the failed write) it caused.
+        outcome = "client_gone" if ex.client_gone else "ok" if exc_type is None else "error"
+        self._metrics.observe_inference(
+            self._mode.value, outcome, ex.status, time.perf_counter() - self._started
+        )
+
+
+class _Recording:
+    """`InferenceProxy.recording()`'s block."""
+
+    __slots__ = ("_ex", "_record", "_recorder")
+
+    def __init__(self, recorder: RequestRecorder | None, ex: Exchange, record: Record | None) -> None:
+        self._recorder = recorder
+        self._ex = ex
+        self._record = record
+
+    def __enter__(self) -> Record | None:
+        return self._record
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        recorder, record = self._recorder, self._record
+        if recorder is None or record is None:
+            return
+        if isinstance(exc, ApiError):
+            recorder.finish(record, exc.status, exc.message.encode())
+        else:  # status 0: the request ended without an answer
+            ex = self._ex
+            recorder.finish(record, ex.status if ex.response_started else 0)

@@ -27,8 +27,8 @@ from typing import final
 import trio
 from modelrunner.api._app import ApiApp, ApiServices
 from modelrunner.api._config import ApiConfig
-from modelrunner.api._disconnect import DisconnectMonitor
 from modelrunner.api._http import serve_connection
+from modelrunner.api._monitor import ConnectionMonitor
 
 __all__ = ["ApiServer", "ListenerError", "open_api_server", "serve"]
 
@@ -178,7 +178,8 @@ async def open_api_server(services: ApiServices, config: ApiConfig | None = None
             listeners.append(await _open_unix(config.unix_path, config.unix_mode, config.unix_group))
             server.unix_path = config.unix_path
         server._listeners = listeners
-        monitor = DisconnectMonitor()
+        # Idle keep-alive connections close within a tenth of their timeout after it (at most 1 s).
+        monitor = ConnectionMonitor(sweep_interval=min(1.0, max(config.limits.keepalive_timeout / 10, 0.001)))
         handler = partial(serve_connection, handler=app, limits=config.limits, monitor=monitor)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(monitor.run)

@@ -320,6 +320,9 @@ async def test_client_gone_during_a_slow_answer_cancels_upstream(fakes, tmp_path
         with trio.fail_after(5):
             await engine.client_closed.wait()
             await served.fakes.scheduler.released_event.wait()
+        metrics = (await served.client.get("/metrics")).text
+        assert 'modelrunner_api_inference_requests_total{mode="completion",outcome="client_gone"} 1.0' in metrics
+        assert (await served.client.get("/version")).status_code == 200
 
 
 async def test_pipelined_inference_requests_are_all_answered_in_order(fakes, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The server's disconnect monitor over real socket pairs: hang-ups, pipelined bytes, unwatching."""
+"""The server's connection monitor: hang-ups and pipelined bytes over real sockets, idle deadlines."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
-from modelrunner.api._disconnect import DisconnectMonitor
+import trio.testing
+from modelrunner.api._monitor import ConnectionMonitor
 
 
 @pytest.fixture
-async def monitor() -> AsyncIterator[DisconnectMonitor]:
-    monitor = DisconnectMonitor()
+async def monitor() -> AsyncIterator[ConnectionMonitor]:
+    monitor = ConnectionMonitor(sweep_interval=0.01)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(monitor.run)
         yield monitor
@@ -42,7 +43,7 @@ async def _next_call(calls: Calls) -> None:
         await calls.called.wait()
 
 
-async def test_hang_up_is_reported_as_empty_bytes(monitor: DisconnectMonitor) -> None:
+async def test_hang_up_is_reported_as_empty_bytes(monitor: ConnectionMonitor) -> None:
     server, client = _pair()
     with server, client:
         calls = Calls()
@@ -55,7 +56,7 @@ async def test_hang_up_is_reported_as_empty_bytes(monitor: DisconnectMonitor) ->
         assert monitor.watching == 0
 
 
-async def test_reset_is_reported_as_a_hang_up(monitor: DisconnectMonitor) -> None:
+async def test_reset_is_reported_as_a_hang_up(monitor: ConnectionMonitor) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     with listener:
         client = socket.create_connection(listener.getsockname())
@@ -70,7 +71,7 @@ async def test_reset_is_reported_as_a_hang_up(monitor: DisconnectMonitor) -> Non
             assert calls == [b""]
 
 
-async def test_pipelined_bytes_are_handed_over_and_watching_stops(monitor: DisconnectMonitor) -> None:
+async def test_pipelined_bytes_are_handed_over_and_watching_stops(monitor: ConnectionMonitor) -> None:
     server, client = _pair()
     with server, client:
         calls = Calls()
@@ -83,7 +84,7 @@ async def test_pipelined_bytes_are_handed_over_and_watching_stops(monitor: Disco
         assert calls == [b"GET / HTTP/1.1\r\n"]  # one call per watch
 
 
-async def test_unwatched_socket_is_not_reported_and_can_be_watched_again(monitor: DisconnectMonitor) -> None:
+async def test_unwatched_socket_is_not_reported_and_can_be_watched_again(monitor: ConnectionMonitor) -> None:
     server, client = _pair()
     with server, client:
         first = Calls()
@@ -97,7 +98,7 @@ async def test_unwatched_socket_is_not_reported_and_can_be_watched_again(monitor
         assert first == [] and second == [b""]
 
 
-async def test_many_sockets_each_get_their_own_answer(monitor: DisconnectMonitor) -> None:
+async def test_many_sockets_each_get_their_own_answer(monitor: ConnectionMonitor) -> None:
     pairs = [_pair() for _ in range(20)]
     try:
         calls: dict[int, Calls] = {}
@@ -118,7 +119,7 @@ async def test_many_sockets_each_get_their_own_answer(monitor: DisconnectMonitor
             client.close()
 
 
-async def test_closed_descriptor_cannot_be_watched(monitor: DisconnectMonitor) -> None:
+async def test_closed_descriptor_cannot_be_watched(monitor: ConnectionMonitor) -> None:
     server, client = _pair()
     fd = server.fileno()
     server.close()
@@ -128,7 +129,7 @@ async def test_closed_descriptor_cannot_be_watched(monitor: DisconnectMonitor) -
 
 
 async def test_monitor_refuses_watches_after_it_stopped() -> None:
-    monitor = DisconnectMonitor()
+    monitor = ConnectionMonitor(sweep_interval=0.01)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(monitor.run)
         await trio.lowlevel.checkpoint()
@@ -136,3 +137,37 @@ async def test_monitor_refuses_watches_after_it_stopped() -> None:
     server, client = _pair()
     with server, client:
         assert not monitor.watch(server.fileno(), lambda data: None)
+
+
+async def test_deadline_fires_once_after_its_timeout(
+    autojump_clock: trio.testing.MockClock, monitor: ConnectionMonitor
+) -> None:
+    fired: list[float] = []
+    start = trio.current_time()
+    monitor.set_deadline("conn", 0.05, lambda: fired.append(trio.current_time() - start))
+    await trio.sleep(0.2)
+    assert len(fired) == 1
+    assert 0.05 <= fired[0] <= 0.05 + 0.01  # within one sweep of the timeout
+    assert monitor.deadlines == 0
+
+
+async def test_cleared_or_renewed_deadline_does_not_fire_early(
+    autojump_clock: trio.testing.MockClock, monitor: ConnectionMonitor
+) -> None:
+    fired: list[str] = []
+    monitor.set_deadline("cleared", 0.05, lambda: fired.append("cleared"))
+    monitor.set_deadline("renewed", 0.05, lambda: fired.append("renewed"))
+    monitor.clear_deadline("cleared")
+    monitor.clear_deadline("never set")  # harmless
+    await trio.sleep(0.03)
+    monitor.set_deadline("renewed", 0.2, lambda: fired.append("renewed"))
+    await trio.sleep(0.1)
+    assert fired == []
+    await trio.sleep(0.2)
+    assert fired == ["renewed"]
+
+
+def test_sweep_interval_must_be_positive() -> None:
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="sweep_interval"):
+            ConnectionMonitor(sweep_interval=bad)
