@@ -206,17 +206,22 @@ class MessageReader:
 # -- serializing ------------------------------------------------------------------------------------
 
 
-def _check(value: bytes) -> bytes:
-    if b"\r" in value or b"\n" in value:
-        raise ValueError(f"header line contains CR or LF: {value[:80]!r}")
-    return value
+def _header_lines(headers: Headers) -> bytes:
+    """`name: value\r\n` for each header; ValueError if a name or value holds CR or LF.
+
+    Checked on the joined block (one count of each byte, in C) instead of value by value: every
+    proxied request writes two heads.
+    """
+    block = b"".join([name + b": " + value + b"\r\n" for name, value in headers])
+    if block.count(b"\r") != len(headers) or block.count(b"\n") != len(headers):
+        bad = next(
+            part for name, value in headers for part in (name, value) if b"\r" in part or b"\n" in part
+        )
+        raise ValueError(f"header line contains CR or LF: {bad[:80]!r}")
+    return block
 
 
-def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
 def response_head(status: int, headers: Headers) -> bytes:
@@ -225,10 +230,7 @@ def response_head(status: int, headers: Headers) -> bytes:
     Raises:
         ValueError: a header name or value contains CR or LF.
     """
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))]
-    lines.extend(_check(name) + b": " + _check(value) + b"\r\n" for name, value in headers)
-    lines.append(b"\r\n")
-    return b"".join(lines)
+    return b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, _REASONS.get(status, b""), _header_lines(headers))
 
 
 def request_bytes(method: bytes, target: bytes, headers: Headers, body: bytes) -> bytes:
@@ -239,11 +241,13 @@ def request_bytes(method: bytes, target: bytes, headers: Headers, body: bytes) -
     """
     if b" " in target or b"\r" in target or b"\n" in target:
         raise ValueError(f"invalid request target {target[:80]!r}")
-    lines = [method + b" " + target + b" HTTP/1.1\r\n"]
-    lines.extend(_check(name) + b": " + _check(value) + b"\r\n" for name, value in headers)
-    lines.append(b"content-length: %d\r\n\r\n" % len(body))
-    lines.append(body)
-    return b"".join(lines)
+    return b"%s %s HTTP/1.1\r\n%scontent-length: %d\r\n\r\n%s" % (
+        method,
+        target,
+        _header_lines(headers),
+        len(body),
+        body,
+    )
 
 
 def chunk(data: bytes) -> bytes:

@@ -540,6 +540,12 @@ def test_serializers_refuse_header_injection() -> None:
         response_head(200, [(b"x", b"a\r\nset-cookie: evil")])
     with pytest.raises(ValueError):
         request_bytes(b"GET", b"/a b", [], b"")
+    good = [(b"a", b"1"), (b"b", b"2")]
+    for bad in [(b"x\n", b"v"), (b"x", b"v\r"), (b"x", b"\nv"), (b"x\r", b"\nv")]:
+        with pytest.raises(ValueError, match="CR or LF"):
+            response_head(200, [*good, bad])
+        with pytest.raises(ValueError, match="CR or LF"):
+            request_bytes(b"GET", b"/", [bad, *good], b"")
 
 
 def test_engine_slots() -> None:

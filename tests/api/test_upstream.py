@@ -321,7 +321,8 @@ async def test_client_gone_during_a_slow_answer_cancels_upstream(fakes, tmp_path
             await engine.client_closed.wait()
             await served.fakes.scheduler.released_event.wait()
         metrics = (await served.client.get("/metrics")).text
-        assert 'modelrunner_api_inference_requests_total{mode="completion",outcome="client_gone"} 1.0' in metrics
+        gone = 'modelrunner_api_inference_requests_total{mode="completion",outcome="client_gone"} 1.0'
+        assert gone in metrics
         assert (await served.client.get("/version")).status_code == 200
 
 
