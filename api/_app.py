@@ -244,6 +244,10 @@ class ApiApp:
             RouteKind.OLLAMA_PULL: compat.ollama_pull,
             RouteKind.OLLAMA_DELETE: compat.ollama_delete,
             RouteKind.ANTHROPIC_MESSAGES: compat.anthropic_messages,
+            RouteKind.RESPONSES_CREATE: compat.responses_create,
+            RouteKind.RESPONSES_GET: compat.responses_get,
+            RouteKind.RESPONSES_INPUT_ITEMS: compat.responses_input_items,
+            RouteKind.RESPONSES_DELETE: compat.responses_delete,
             RouteKind.METHOD_NOT_ALLOWED: self._method_not_allowed,
             RouteKind.NOT_FOUND: self._not_found,
         }

@@ -1,15 +1,20 @@
-"""Handlers of the compatibility layers: Ollama (`/api/*`) and Anthropic (`/anthropic/v1/*`).
+"""Handlers of the compatibility layers: Ollama (`/api/*`), Anthropic (`/anthropic/v1/*`) and
+OpenAI's Responses API (`/v1/responses`, translated to chat completions).
 
-The shapes live in the pure modules `_ollama.py` and `_anthropic.py`; this module does the I/O with
-the pieces the OpenAI proxy uses, so both layers behave like the proxy where it matters:
+The shapes live in the pure modules `_ollama.py`, `_anthropic.py` and `_responses.py`; this module
+does the I/O with the pieces the OpenAI proxy uses, so every layer behaves like the proxy where it
+matters:
 
 * a runner is held through `scheduler.acquire(model, mode, backend)` for the whole answer, under
   `Exchange.cancel_on_disconnect`, so a client that leaves stops the engine's work;
 * the engine is reached over the runner's keep-alive pool (`PoolSet.get(lease.socket_path)`), and
   a failure there is handled as in `InferenceProxy._forward`: 502 before the answer started, the
   lease marked broken, a dropped connection after it started;
-* SSE from the engine is split by `SSEFramer` and forwarded (Anthropic) or translated (Ollama)
-  one batch of whole events at a time, as it arrives.
+* SSE from the engine is split by `SSEFramer` and forwarded (Anthropic) or translated (Ollama,
+  Responses) one batch of whole events at a time, as it arrives.
+
+Responses are kept in memory (`_responses.ResponseStore`, one hour, as DMR) for `GET`, `DELETE`,
+`input_items` and `previous_response_id`; a daemon restart forgets them, as DMR's does.
 
 Ollama's runner settings go through the scheduler, not the request: `keep_alive` is the lease's
 per-request idle timeout (`acquire(keep_alive=...)`), an empty request with `keep_alive` 0 is
@@ -26,11 +31,17 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from modelrunner.api import _anthropic, _ollama
+from modelrunner.api import _anthropic, _ollama, _responses
 from modelrunner.api._errors import ApiError, map_exception
 from modelrunner.api._http import ClientDisconnected, Exchange
-from modelrunner.api._proxy import InferenceProxy, filter_response_headers, upstream_request_headers
-from modelrunner.api._routing import Route
+from modelrunner.api._openai import engine_failure
+from modelrunner.api._proxy import (
+    InferenceProxy,
+    filter_response_headers,
+    require_backend,
+    upstream_request_headers,
+)
+from modelrunner.api._routing import Route, parse_query
 from modelrunner.api._sse import ModelRewriter, SSEFramer, encode_model_name, rewrite_model
 from modelrunner.api._upstream import UpstreamResponse
 from modelrunner.api.ports import ModelManager, SchedulerPort
@@ -51,6 +62,8 @@ _CHAT_PATH = b"/v1/chat/completions"
 _RECORDED_CHAT_URL = "/engines/v1/chat/completions"
 _OLLAMA_ORIGIN = "ollama/completion"
 _ANTHROPIC_ORIGIN = "anthropic/messages"
+_RESPONSES_ORIGIN = "openai/responses"
+_SSE = b"text/event-stream"
 _ENGINE_HEADERS: Headers = [(b"host", b"localhost"), (b"content-type", b"application/json")]
 
 
@@ -67,12 +80,19 @@ async def _ignore_progress(event: ProgressEvent) -> None:
 
 
 class CompatLayers:
-    """The Ollama and Anthropic route handlers (`await layers.ollama_chat(ex, route, query, extra)`)."""
+    """The Ollama, Anthropic and Responses route handlers (`await layers.ollama_chat(ex, route, ...)`)."""
 
-    def __init__(self, scheduler: SchedulerPort, models: ModelManager, proxy: InferenceProxy) -> None:
+    def __init__(
+        self,
+        scheduler: SchedulerPort,
+        models: ModelManager,
+        proxy: InferenceProxy,
+        responses: _responses.ResponseStore | None = None,
+    ) -> None:
         self.scheduler = scheduler
         self.models = models
         self.proxy = proxy
+        self.responses = responses if responses is not None else _responses.ResponseStore()
 
     # -- shared ----------------------------------------------------------------------------------
 
@@ -364,3 +384,127 @@ class CompatLayers:
         if content_type.startswith(b"application/json"):
             data = rewrite_model(data, literal)
         await ex.respond(response.status, headers, data)
+
+    # -- OpenAI Responses ----------------------------------------------------------------------------
+
+    async def responses_create(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
+        require_backend(self.proxy.backends, route.backend)
+        body = await ex.read_body(self.proxy.body_limit)
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:  # UnicodeDecodeError included
+            detail = str(exc) if body.strip() else "the body is empty"
+            raise ApiError(400, f"invalid request: the body is not valid JSON ({detail})") from None
+        request = _responses.parse_create_request(payload)
+        history: list[dict[str, Any]] = []
+        if request.previous_response_id is not None:
+            earlier = self.responses.conversation(request.previous_response_id)
+            if earlier is None:
+                raise _responses.previous_response_not_found(request.previous_response_id)
+            history = earlier
+        chat_body = request.chat_body(history)
+        with self.proxy.observing(ex, Mode.COMPLETION):
+            async with (
+                ex.cancel_on_disconnect(),
+                self.scheduler.acquire(request.model, Mode.COMPLETION, route.backend) as lease,
+            ):
+                with self.proxy.recording(
+                    ex,
+                    lease,
+                    model=request.model,
+                    url=_RECORDED_CHAT_URL,
+                    body=chat_body,
+                    origin=_RESPONSES_ORIGIN,
+                ) as record:
+                    async with self.proxy.engine_request(
+                        ex, lease, _CHAT_PATH, _ENGINE_HEADERS, chat_body, model=request.model, record=record
+                    ) as response:
+                        await self._responses_answer(ex, response, request, history, extra)
+
+    async def _responses_answer(
+        self,
+        ex: Exchange,
+        response: UpstreamResponse,
+        request: _responses.CreateRequest,
+        history: list[dict[str, Any]],
+        extra: Headers,
+    ) -> None:
+        if response.status != 200:
+            raise engine_failure(response.status, await response.read(), client_faults=())
+        response_id = _responses.new_response_id()
+        created_at = int(time.time())
+        conversation = [*history, *request.input_messages]
+        content_type = response.header(b"content-type") or b""
+        if content_type.startswith(_SSE):
+            await self._responses_stream(ex, response, request, conversation, extra, response_id, created_at)
+            return
+        data = await response.read()
+        try:
+            completion = json.loads(data)
+        except ValueError:
+            completion = None
+        if not isinstance(completion, dict):
+            raise ApiError(502, "the engine's answer is not a JSON object")
+        answer = _responses.response_object(
+            request, completion, response_id=response_id, created_at=created_at
+        )
+        if request.store:
+            self.responses.put(answer, conversation, input_items=request.input_items)
+        await self._openai_json(ex, answer, extra)
+
+    async def _responses_stream(
+        self,
+        ex: Exchange,
+        response: UpstreamResponse,
+        request: _responses.CreateRequest,
+        conversation: list[dict[str, Any]],
+        extra: Headers,
+        response_id: str,
+        created_at: int,
+    ) -> None:
+        translator = _responses.StreamTranslator(request, response_id=response_id, created_at=created_at)
+        framer = SSEFramer()
+        await ex.start_response(200, [(b"content-type", _SSE), (b"cache-control", b"no-cache"), *extra])
+        await ex.send(b"".join(translator.start()))
+        while not translator.failed:
+            chunk = await response.receive()
+            if not chunk:
+                rest = framer.flush()
+                events = translator.feed(rest) if rest else []
+                await ex.send(b"".join([*events, *translator.finish()]))
+                break
+            events = [out for event in framer.feed(chunk) for out in translator.feed(event)]
+            if events:
+                await ex.send(b"".join(events))
+        if request.store and not translator.failed:
+            self.responses.put(translator.response, conversation, input_items=request.input_items)
+        # After an engine error the rest is not read: leaving closes the engine connection.
+        await ex.end_response()
+
+    async def _openai_json(self, ex: Exchange, value: object, extra: Headers) -> None:
+        body = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        await ex.respond(200, [(b"content-type", _JSON), *extra], body)
+
+    async def responses_get(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
+        answer = self.responses.get(route.ref)
+        if answer is None:
+            raise _responses.response_not_found()
+        await self._openai_json(ex, answer, extra)
+
+    async def responses_input_items(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
+        items = self.responses.input_items(route.ref)
+        if items is None:
+            raise _responses.response_not_found()
+        params = parse_query(query)
+        page = _responses.input_items_page(
+            items,
+            order=params.get("order", ["desc"])[-1],
+            after=params.get("after", [""])[-1] or None,
+            limit=params.get("limit", ["20"])[-1],
+        )
+        await self._openai_json(ex, page, extra)
+
+    async def responses_delete(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
+        if not self.responses.delete(route.ref):
+            raise _responses.response_not_found()
+        await self._openai_json(ex, _responses.deleted_object(route.ref), extra)

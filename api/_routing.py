@@ -13,7 +13,10 @@ Theory of operation. Docker Model Runner serves everything from one Go `ServeMux
   method* there answers 404 `not found`;
 * the compatibility layers live under `/api` (Ollama) and `/anthropic` (Anthropic Messages). Their
   sub-routers are Go's plain method+pattern muxes, so a known path with the wrong method answers
-  405 (with `Allow`) and an unknown path 404, each in the layer's own error format.
+  405 (with `Allow`) and an unknown path 404, each in the layer's own error format;
+* OpenAI's Responses API answers under `/responses`, `/v1/responses`, `/engines/responses`,
+  `/engines/v1/responses` and `/engines/{backend}/v1/responses` (so "responses" is never a
+  backend name), with OpenAI-style errors.
 
 `route()` returns a `Route` naming the handler (`RouteKind`) and the values taken from the path
 (backend, model reference, action, inference mode, upstream path). Whether a backend name is known
@@ -50,6 +53,10 @@ _V1_INFERENCE: dict[str, Mode] = {
     "messages": Mode.COMPLETION,
     "messages/count_tokens": Mode.COMPLETION,
 }
+
+# Paths that are internal aliases of the same path under /engines (and the trees below two of them).
+_ROOT_ALIASES = ("/v1", "/rerank", "/score", "/responses")
+_ROOT_ALIAS_TREES = ("/v1/", "/responses/")
 
 # Non-v1 inference paths directly under /engines[/{backend}].
 _RERANK_PATHS: dict[str, Mode] = {"rerank": Mode.RERANKING, "score": Mode.RERANKING}
@@ -97,6 +104,11 @@ class RouteKind(enum.Enum):
     OLLAMA_DELETE = "ollama.delete"
 
     ANTHROPIC_MESSAGES = "anthropic.messages"
+
+    RESPONSES_CREATE = "responses.create"
+    RESPONSES_GET = "responses.get"
+    RESPONSES_INPUT_ITEMS = "responses.input_items"
+    RESPONSES_DELETE = "responses.delete"
 
     METHOD_NOT_ALLOWED = "method_not_allowed"
     NOT_FOUND = "not_found"
@@ -218,7 +230,7 @@ def route(method: str, path: str) -> Route:
     Never raises: anything unknown is `RouteKind.NOT_FOUND` with the error style of its sub-tree.
     """
     # Root aliases (DMR rewrites these internally, not by redirect).
-    if path == "/v1" or path.startswith("/v1/") or path in ("/rerank", "/score"):
+    if path.startswith(_ROOT_ALIASES) and (path in _ROOT_ALIASES or path.startswith(_ROOT_ALIAS_TREES)):
         path = "/engines" + path
 
     if path == "/":
@@ -308,6 +320,8 @@ def _route_engines(method: str, path: str) -> Route:
     if not segments:
         return Route(RouteKind.NOT_FOUND, path, cors=True)
     first = segments[0]
+    if first == "responses":
+        return _route_responses(method, path, segments[1:], backend=None)
     admin = _ENGINES_ADMIN.get(first)
     if admin is not None:
         if len(segments) == 1 and method in admin:
@@ -341,6 +355,8 @@ def _route_engines(method: str, path: str) -> Route:
     if segments[0] != "v1":
         return Route(RouteKind.NOT_FOUND, path, cors=True, backend=backend)
 
+    if len(segments) > 1 and segments[1] == "responses":
+        return _route_responses(method, path, segments[2:], backend=backend)
     rest = "/".join(segments[1:])
     if rest == "models" and method == "GET":
         return Route(RouteKind.OPENAI_MODELS, path, cors=True, style=ErrorStyle.OPENAI, backend=backend)
@@ -365,3 +381,36 @@ def _route_engines(method: str, path: str) -> Route:
             upstream_path="/v1/" + rest,
         )
     return openai
+
+
+def _route_responses(method: str, path: str, rest: list[str], backend: str | None) -> Route:
+    """`{prefix}` (POST), `{prefix}/{id}` (GET, DELETE), `{prefix}/{id}/input_items` (GET)."""
+
+    def responses(kind: RouteKind, ref: str = "", allow: str = "") -> Route:
+        return Route(
+            kind,
+            path,
+            cors=True,
+            style=ErrorStyle.OPENAI,
+            backend=backend,
+            ref=ref,
+            mode=Mode.COMPLETION,
+            upstream_path="/v1/chat/completions",
+            allow=allow,
+        )
+
+    if not rest:
+        if method == "POST":
+            return responses(RouteKind.RESPONSES_CREATE)
+        return responses(RouteKind.METHOD_NOT_ALLOWED, allow="POST")
+    if len(rest) == 1:
+        if method in ("GET", "HEAD"):
+            return responses(RouteKind.RESPONSES_GET, ref=rest[0])
+        if method == "DELETE":
+            return responses(RouteKind.RESPONSES_DELETE, ref=rest[0])
+        return responses(RouteKind.METHOD_NOT_ALLOWED, allow="GET, HEAD, DELETE")
+    if len(rest) == 2 and rest[1] == "input_items":
+        if method in ("GET", "HEAD"):
+            return responses(RouteKind.RESPONSES_INPUT_ITEMS, ref=rest[0])
+        return responses(RouteKind.METHOD_NOT_ALLOWED, allow="GET, HEAD")
+    return responses(RouteKind.NOT_FOUND)

@@ -161,3 +161,43 @@ def test_error_style_by_subtree() -> None:
     assert route("GET", "/engines/status").style is ErrorStyle.DMR
     assert route("GET", "/v1/models").style is ErrorStyle.OPENAI
     assert route("POST", "/v1/unknown").style is ErrorStyle.OPENAI
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kind", "backend", "ref"),
+    [
+        ("POST", "/responses", RouteKind.RESPONSES_CREATE, None, ""),
+        ("POST", "/v1/responses", RouteKind.RESPONSES_CREATE, None, ""),
+        ("POST", "/engines/responses", RouteKind.RESPONSES_CREATE, None, ""),
+        ("POST", "/engines/v1/responses", RouteKind.RESPONSES_CREATE, None, ""),
+        ("POST", "/engines/llama.cpp/v1/responses", RouteKind.RESPONSES_CREATE, "llama.cpp", ""),
+        ("GET", "/v1/responses/resp_1", RouteKind.RESPONSES_GET, None, "resp_1"),
+        ("HEAD", "/responses/resp_1", RouteKind.RESPONSES_GET, None, "resp_1"),
+        ("DELETE", "/engines/v1/responses/resp_1", RouteKind.RESPONSES_DELETE, None, "resp_1"),
+        (
+            "GET",
+            "/engines/vllm/v1/responses/resp_1/input_items",
+            RouteKind.RESPONSES_INPUT_ITEMS,
+            "vllm",
+            "resp_1",
+        ),
+        ("GET", "/v1/responses", RouteKind.METHOD_NOT_ALLOWED, None, ""),
+        ("POST", "/v1/responses/resp_1", RouteKind.METHOD_NOT_ALLOWED, None, ""),
+        ("DELETE", "/v1/responses/resp_1/input_items", RouteKind.METHOD_NOT_ALLOWED, None, ""),
+        ("GET", "/v1/responses/resp_1/other", RouteKind.NOT_FOUND, None, ""),
+        ("POST", "/engines/llama.cpp/responses", RouteKind.NOT_FOUND, "llama.cpp", ""),
+    ],
+)
+def test_responses_routes(method: str, path: str, kind: RouteKind, backend: str | None, ref: str) -> None:
+    matched = route(method, path)
+    assert (matched.kind, matched.backend, matched.ref) == (kind, backend, ref)
+    if kind is not RouteKind.NOT_FOUND or path.startswith("/v1/"):
+        assert matched.style is ErrorStyle.OPENAI
+    if kind is RouteKind.RESPONSES_CREATE:
+        assert matched.mode is Mode.COMPLETION and matched.cors
+
+
+def test_responses_wrong_method_names_the_allowed_ones() -> None:
+    assert route("PUT", "/v1/responses").allow == "POST"
+    assert route("PATCH", "/v1/responses/resp_1").allow == "GET, HEAD, DELETE"
+    assert route("POST", "/v1/responses/resp_1/input_items").allow == "GET, HEAD"
