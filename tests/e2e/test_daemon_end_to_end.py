@@ -126,6 +126,21 @@ def test_openai_sdk_chat_stream_tools_embeddings(daemon: Daemon, packaged: dict[
         client.chat.completions.create(model="", messages=[{"role": "user", "content": "x"}])
 
 
+def test_openai_sdk_responses_through_the_daemon(daemon: Daemon, packaged: dict[str, str]) -> None:
+    # The Responses layer on the sandboxed engine, reached through DMR's root alias.
+    client = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key="unused", max_retries=0)
+    first = client.responses.create(model="ai/e2e-chat", input="Hi there")
+    assert first.output_text == testmodels.CHAT_REPLY
+    assert first.model == "ai/e2e-chat"
+    events = list(
+        client.responses.create(model="ai/e2e-chat", input="Hi", previous_response_id=first.id, stream=True)
+    )
+    deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
+    assert "".join(deltas) == testmodels.CHAT_REPLY
+    assert events[-1].type == "response.completed"
+    assert client.responses.retrieve(events[-1].response.id).output_text == testmodels.CHAT_REPLY
+
+
 def test_metrics_reexport_engine_and_scheduler_metrics(daemon: Daemon, packaged: dict[str, str]) -> None:
     assert daemon.cli()("run", "ai/e2e-chat", "hi").returncode == 0
     text = httpx.get(f"{daemon.url}/metrics").text
