@@ -201,3 +201,14 @@ def test_responses_wrong_method_names_the_allowed_ones() -> None:
     assert route("PUT", "/v1/responses").allow == "POST"
     assert route("PATCH", "/v1/responses/resp_1").allow == "GET, HEAD, DELETE"
     assert route("POST", "/v1/responses/resp_1/input_items").allow == "GET, HEAD"
+
+
+def test_memoized_routing_stays_correct_and_bounded() -> None:
+    first = route("POST", "/v1/chat/completions")
+    for index in range(3000):  # more distinct targets than the caches keep
+        assert route("GET", f"/models/ai/m{index}").ref == f"ai/m{index}"
+        assert split_target(f"/models//ai/m{index}?x={index}") == (f"/models/ai/m{index}", f"x={index}")
+    assert route("POST", "/v1/chat/completions") == first
+    assert route("GET", "/v1/chat/completions").kind is RouteKind.NOT_FOUND  # the method is part of the key
+    assert route.cache_info().currsize <= route.cache_info().maxsize
+    assert split_target.cache_info().currsize <= split_target.cache_info().maxsize
