@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
@@ -44,7 +46,7 @@ from modelrunner.api._proxy import (
 from modelrunner.api._routing import Route, parse_query
 from modelrunner.api._sse import ModelRewriter, SSEFramer, encode_model_name, rewrite_model
 from modelrunner.api._upstream import UpstreamResponse
-from modelrunner.api.ports import ModelManager, SchedulerPort
+from modelrunner.api.ports import LeasePort, ModelManager, SchedulerPort
 from modelrunner.distribution.progress import ProgressEvent
 from modelrunner.engines import Mode
 from modelrunner.scheduler import ConfigureRequest, RunnerInUse
@@ -73,6 +75,18 @@ def _now() -> datetime:
 
 def _ns_since(started: float) -> int:
     return round((time.perf_counter() - started) * 1e9)
+
+
+async def _completion_object(response: UpstreamResponse) -> dict[str, Any]:
+    """The engine's whole (non-streamed) chat completion; 502 if it is not a JSON object."""
+    data = await response.read()
+    try:
+        completion = json.loads(data)
+    except ValueError:
+        completion = None
+    if not isinstance(completion, dict):
+        raise ApiError(502, "the engine's answer is not a JSON object")
+    return completion
 
 
 async def _ignore_progress(event: ProgressEvent) -> None:
@@ -108,6 +122,20 @@ class CompatLayers:
             detail = str(exc) if body.strip() else "the body is empty"
             raise ApiError(400, f"invalid request: the body is not valid JSON ({detail})") from None
         return _ollama.request_object(payload)
+
+    @asynccontextmanager
+    async def _engine_chat(
+        self, ex: Exchange, lease: LeasePort, *, model: str, body: bytes, origin: str
+    ) -> AsyncIterator[UpstreamResponse]:
+        """POST a translated chat-completions body to the lease's engine; the request is recorded
+        as DMR records its layers' internal requests (the chat URL, with `origin`)."""
+        with self.proxy.recording(
+            ex, lease, model=model, url=_RECORDED_CHAT_URL, body=body, origin=origin
+        ) as record:
+            async with self.proxy.engine_request(
+                ex, lease, _CHAT_PATH, _ENGINE_HEADERS, body, model=model, record=record
+            ) as response:
+                yield response
 
     async def _stored_model(self, reference: str, not_found: str) -> dict[str, Any]:
         """The store's model object for `reference`; a missing one is a 404 saying `not_found`."""
@@ -236,20 +264,10 @@ class CompatLayers:
                     await self._json(ex, answer, extra)
                 else:
                     body = request.openai_body()
-                    with self.proxy.recording(
-                        ex,
-                        lease,
-                        model=request.model,
-                        url=_RECORDED_CHAT_URL,
-                        body=body,
-                        origin=_OLLAMA_ORIGIN,
-                    ) as record:
-                        async with self.proxy.engine_request(
-                            ex, lease, _CHAT_PATH, _ENGINE_HEADERS, body, model=request.model, record=record
-                        ) as response:
-                            await self._ollama_answer(
-                                ex, response, request, extra, started, load_ns, generate
-                            )
+                    async with self._engine_chat(
+                        ex, lease, model=request.model, body=body, origin=_OLLAMA_ORIGIN
+                    ) as response:
+                        await self._ollama_answer(ex, response, request, extra, started, load_ns, generate)
 
     async def _ollama_answer(
         self,
@@ -267,13 +285,7 @@ class CompatLayers:
         if content_type.startswith(b"text/event-stream"):
             await self._ollama_stream(ex, response, request, extra, started, load_ns, generate)
             return
-        data = await response.read()
-        try:
-            completion = json.loads(data)
-        except ValueError:
-            completion = None
-        if not isinstance(completion, dict):
-            raise ApiError(502, "the engine's answer is not a JSON object")
+        completion = await _completion_object(response)
         build = _ollama.generate_response if generate else _ollama.chat_response
         answer = build(request.model, completion, now=_now(), total_ns=_ns_since(started), load_ns=load_ns)
         await self._json(ex, answer, extra)
@@ -407,19 +419,11 @@ class CompatLayers:
             async with (
                 ex.cancel_on_disconnect(),
                 self.scheduler.acquire(request.model, Mode.COMPLETION, route.backend) as lease,
+                self._engine_chat(
+                    ex, lease, model=request.model, body=chat_body, origin=_RESPONSES_ORIGIN
+                ) as response,
             ):
-                with self.proxy.recording(
-                    ex,
-                    lease,
-                    model=request.model,
-                    url=_RECORDED_CHAT_URL,
-                    body=chat_body,
-                    origin=_RESPONSES_ORIGIN,
-                ) as record:
-                    async with self.proxy.engine_request(
-                        ex, lease, _CHAT_PATH, _ENGINE_HEADERS, chat_body, model=request.model, record=record
-                    ) as response:
-                        await self._responses_answer(ex, response, request, history, extra)
+                await self._responses_answer(ex, response, request, history, extra)
 
     async def _responses_answer(
         self,
@@ -438,13 +442,7 @@ class CompatLayers:
         if content_type.startswith(_SSE):
             await self._responses_stream(ex, response, request, conversation, extra, response_id, created_at)
             return
-        data = await response.read()
-        try:
-            completion = json.loads(data)
-        except ValueError:
-            completion = None
-        if not isinstance(completion, dict):
-            raise ApiError(502, "the engine's answer is not a JSON object")
+        completion = await _completion_object(response)
         answer = _responses.response_object(
             request, completion, response_id=response_id, created_at=created_at
         )

@@ -145,3 +145,30 @@ def chunk(
     if timings is not None:
         out["timings"] = timings
     return out
+
+
+# What llama-server streams for a tool call (b11312, captured): the arguments come in fragments.
+TOOL_CALL_EVENTS: list[dict[str, Any] | str] = [
+    chunk(None)
+    | {"choices": [{"finish_reason": None, "index": 0, "delta": {"role": "assistant", "content": None}}]},
+    chunk(
+        tool_calls=[
+            {
+                "index": 0,
+                "id": "call-1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": "{"},
+            }
+        ]
+    ),
+    chunk(tool_calls=[{"index": 0, "function": {"arguments": '"city'}}]),
+    chunk(tool_calls=[{"index": 0, "function": {"arguments": '": "'}}]),
+    chunk(tool_calls=[{"index": 0, "function": {"arguments": 'Paris"}'}}]),
+    chunk(finish="tool_calls", timings={"prompt_ms": 18.0, "predicted_ms": 11.25}),
+    chunk(usage={"completion_tokens": 16, "prompt_tokens": 257, "total_tokens": 273}),
+]
+
+
+def sse(event: dict[str, Any] | str) -> bytes:
+    """One server-sent event carrying a chunk (or a literal such as `[DONE]`)."""
+    return b"data: " + (event.encode() if isinstance(event, str) else json.dumps(event).encode()) + b"\n\n"

@@ -46,36 +46,18 @@ from tests.api.conftest import (
     model_object,
     serve_fakes,
 )
-from tests.api.scripted_engine import EngineRequest, chunk, json_answer, scripted_engine, sse_answer
+from tests.api.scripted_engine import (
+    TOOL_CALL_EVENTS,
+    EngineRequest,
+    chunk,
+    json_answer,
+    scripted_engine,
+    sse,
+    sse_answer,
+)
 
 NOW = datetime(2025, 3, 24, 12, 29, 41, 123400, tzinfo=UTC)
 MODEL = "ai/smollm2"
-
-# What llama-server streams for a tool call (b11312, captured): the arguments come in fragments.
-TOOL_CALL_EVENTS = [
-    chunk(None)
-    | {"choices": [{"finish_reason": None, "index": 0, "delta": {"role": "assistant", "content": None}}]},
-    chunk(
-        tool_calls=[
-            {
-                "index": 0,
-                "id": "call-1",
-                "type": "function",
-                "function": {"name": "get_weather", "arguments": "{"},
-            }
-        ]
-    ),
-    chunk(tool_calls=[{"index": 0, "function": {"arguments": '"city'}}]),
-    chunk(tool_calls=[{"index": 0, "function": {"arguments": '": "'}}]),
-    chunk(tool_calls=[{"index": 0, "function": {"arguments": 'Paris"}'}}]),
-    chunk(finish="tool_calls", timings={"prompt_ms": 18.0, "predicted_ms": 11.25}),
-    chunk(usage={"completion_tokens": 16, "prompt_tokens": 257, "total_tokens": 273}),
-]
-
-
-def sse(event: dict[str, Any] | str) -> bytes:
-    return b"data: " + (event.encode() if isinstance(event, str) else json.dumps(event).encode()) + b"\n\n"
-
 
 def lines_of(data: list[bytes]) -> list[dict[str, Any]]:
     out = []

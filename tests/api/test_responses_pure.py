@@ -34,7 +34,7 @@ from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseItemList, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from tests.api.scripted_engine import chunk
+from tests.api.scripted_engine import TOOL_CALL_EVENTS, chunk, sse
 
 MODEL = "ai/smollm2"
 CREATED = 1_742_819_381
@@ -46,33 +46,6 @@ WEATHER = {
     "description": "Current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
-
-# What llama-server streams for a tool call: the arguments come in fragments.
-TOOL_CALL_EVENTS: list[dict[str, Any] | str] = [
-    chunk(None)
-    | {"choices": [{"finish_reason": None, "index": 0, "delta": {"role": "assistant", "content": None}}]},
-    chunk(
-        tool_calls=[
-            {
-                "index": 0,
-                "id": "call-1",
-                "type": "function",
-                "function": {"name": "get_weather", "arguments": "{"},
-            }
-        ]
-    ),
-    chunk(tool_calls=[{"index": 0, "function": {"arguments": '"city'}}]),
-    chunk(tool_calls=[{"index": 0, "function": {"arguments": '": "'}}]),
-    chunk(tool_calls=[{"index": 0, "function": {"arguments": 'Paris"}'}}]),
-    chunk(finish="tool_calls"),
-    chunk(usage={"completion_tokens": 16, "prompt_tokens": 257, "total_tokens": 273}),
-    "[DONE]",
-]
-
-
-def sse(event: dict[str, Any] | str) -> bytes:
-    return b"data: " + (event.encode() if isinstance(event, str) else json.dumps(event).encode()) + b"\n\n"
-
 
 def text_stream(*pieces: str, finish: str = "stop") -> list[dict[str, Any] | str]:
     """A llama-server text answer: the role chunk, one chunk per piece, the finish reason, usage."""
@@ -703,7 +676,7 @@ def test_stream_of_a_text_answer() -> None:
 
 
 def test_stream_of_a_tool_call() -> None:
-    translator, events, _ = run_stream(TOOL_CALL_EVENTS, request(stream=True, tools=[WEATHER]))
+    translator, events, _ = run_stream([*TOOL_CALL_EVENTS, "[DONE]"], request(stream=True, tools=[WEATHER]))
     assert [event["type"] for event in events] == [
         "response.created",
         "response.in_progress",
