@@ -27,11 +27,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from modelrunner.api import _anthropic, _ollama, _responses
 from modelrunner.api._errors import ApiError, map_exception
@@ -77,6 +77,37 @@ def _ns_since(started: float) -> int:
     return round((time.perf_counter() - started) * 1e9)
 
 
+class _StreamTranslator(Protocol):
+    """What the Ollama and Responses layers' stream translators have in common."""
+
+    @property
+    def failed(self) -> bool: ...
+
+    def feed(self, event: bytes) -> list[bytes]: ...
+
+
+async def _send_translated(
+    ex: Exchange,
+    response: UpstreamResponse,
+    translator: _StreamTranslator,
+    finish: Callable[[], list[bytes]],
+) -> None:
+    """Send the engine's SSE stream translated, one batch of whole events at a time as it arrives,
+    then what `finish()` closes it with. After an engine error the rest is not read: leaving the
+    engine request closes its connection."""
+    framer = SSEFramer()
+    while not translator.failed:
+        chunk = await response.receive()
+        if not chunk:
+            rest = framer.flush()
+            out = translator.feed(rest) if rest else []
+            await ex.send(b"".join([*out, *finish()]))
+            return
+        out = [piece for event in framer.feed(chunk) for piece in translator.feed(event)]
+        if out:
+            await ex.send(b"".join(out))
+
+
 async def _completion_object(response: UpstreamResponse) -> dict[str, Any]:
     """The engine's whole (non-streamed) chat completion; 502 if it is not a JSON object."""
     data = await response.read()
@@ -113,27 +144,37 @@ class CompatLayers:
     async def _json(self, ex: Exchange, value: object, extra: Headers, status: int = 200) -> None:
         await ex.respond(status, [(b"content-type", _JSON), *extra], _ollama.json_line(value))
 
-    async def _read_object(self, ex: Exchange) -> dict[str, object]:
-        """The body as a JSON object (Ollama-style 400s; too large is 413 in `ApiApp`)."""
+    async def _read_json(self, ex: Exchange) -> object:
+        """The body parsed as JSON (400 when it is not; too large is 413 in `ApiApp`)."""
         body = await ex.read_body(self.proxy.body_limit)
         try:
-            payload = json.loads(body)
+            return json.loads(body)
         except ValueError as exc:  # UnicodeDecodeError included
             detail = str(exc) if body.strip() else "the body is empty"
             raise ApiError(400, f"invalid request: the body is not valid JSON ({detail})") from None
-        return _ollama.request_object(payload)
+
+    async def _read_object(self, ex: Exchange) -> dict[str, object]:
+        """The body as a JSON object (Ollama-style 400s)."""
+        return _ollama.request_object(await self._read_json(ex))
 
     @asynccontextmanager
-    async def _engine_chat(
-        self, ex: Exchange, lease: LeasePort, *, model: str, body: bytes, origin: str
+    async def _engine_call(
+        self,
+        ex: Exchange,
+        lease: LeasePort,
+        *,
+        model: str,
+        body: bytes,
+        origin: str,
+        target: bytes = _CHAT_PATH,
+        headers: Headers = _ENGINE_HEADERS,
+        url: str = _RECORDED_CHAT_URL,
     ) -> AsyncIterator[UpstreamResponse]:
-        """POST a translated chat-completions body to the lease's engine; the request is recorded
-        as DMR records its layers' internal requests (the chat URL, with `origin`)."""
-        with self.proxy.recording(
-            ex, lease, model=model, url=_RECORDED_CHAT_URL, body=body, origin=origin
-        ) as record:
+        """POST `body` to the lease's engine (by default a translated chat-completions request),
+        recorded as DMR records its layers' requests: under `url`, with `origin`."""
+        with self.proxy.recording(ex, lease, model=model, url=url, body=body, origin=origin) as record:
             async with self.proxy.engine_request(
-                ex, lease, _CHAT_PATH, _ENGINE_HEADERS, body, model=model, record=record
+                ex, lease, target, headers, body, model=model, record=record
             ) as response:
                 yield response
 
@@ -264,7 +305,7 @@ class CompatLayers:
                     await self._json(ex, answer, extra)
                 else:
                     body = request.openai_body()
-                    async with self._engine_chat(
+                    async with self._engine_call(
                         ex, lease, model=request.model, body=body, origin=_OLLAMA_ORIGIN
                     ) as response:
                         await self._ollama_answer(ex, response, request, extra, started, load_ns, generate)
@@ -301,21 +342,11 @@ class CompatLayers:
         generate: bool,
     ) -> None:
         translator = _ollama.StreamTranslator(request.model, generate=generate, clock=_now)
-        framer = SSEFramer()
         # DMR streams Ollama NDJSON as `application/json`, chunked.
         await ex.start_response(200, [(b"content-type", _JSON), *extra])
-        while not translator.failed:
-            chunk = await response.receive()
-            if not chunk:
-                rest = framer.flush()
-                lines = translator.feed(rest) if rest else []
-                lines += translator.finish(total_ns=_ns_since(started), load_ns=load_ns)
-                await ex.send(b"".join(lines))
-                break
-            lines = [line for event in framer.feed(chunk) for line in translator.feed(event)]
-            if lines:
-                await ex.send(b"".join(lines))
-        # After an engine error line the rest is not read: leaving closes the engine connection.
+        await _send_translated(
+            ex, response, translator, lambda: translator.finish(total_ns=_ns_since(started), load_ns=load_ns)
+        )
         await ex.end_response()
 
     async def _apply_context_size(self, model: str, size: int | None) -> None:
@@ -361,15 +392,18 @@ class CompatLayers:
             async with (
                 ex.cancel_on_disconnect(),
                 self.scheduler.acquire(model, Mode.COMPLETION, None) as lease,
+                self._engine_call(
+                    ex,
+                    lease,
+                    model=model,
+                    body=body,
+                    origin=_ANTHROPIC_ORIGIN,
+                    target=target,
+                    headers=headers,
+                    url="/engines" + route.upstream_path,
+                ) as response,
             ):
-                url = "/engines" + route.upstream_path
-                with self.proxy.recording(
-                    ex, lease, model=model, url=url, body=body, origin=_ANTHROPIC_ORIGIN
-                ) as record:
-                    async with self.proxy.engine_request(
-                        ex, lease, target, headers, body, model=model, record=record
-                    ) as response:
-                        await self._anthropic_answer(ex, response, model, extra)
+                await self._anthropic_answer(ex, response, model, extra)
 
     async def _anthropic_answer(
         self, ex: Exchange, response: UpstreamResponse, model: str, extra: Headers
@@ -401,13 +435,7 @@ class CompatLayers:
 
     async def responses_create(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
         require_backend(self.proxy.backends, route.backend)
-        body = await ex.read_body(self.proxy.body_limit)
-        try:
-            payload = json.loads(body)
-        except ValueError as exc:  # UnicodeDecodeError included
-            detail = str(exc) if body.strip() else "the body is empty"
-            raise ApiError(400, f"invalid request: the body is not valid JSON ({detail})") from None
-        request = _responses.parse_create_request(payload)
+        request = _responses.parse_create_request(await self._read_json(ex))
         history: list[dict[str, Any]] = []
         if request.previous_response_id is not None:
             earlier = self.responses.conversation(request.previous_response_id)
@@ -419,7 +447,7 @@ class CompatLayers:
             async with (
                 ex.cancel_on_disconnect(),
                 self.scheduler.acquire(request.model, Mode.COMPLETION, route.backend) as lease,
-                self._engine_chat(
+                self._engine_call(
                     ex, lease, model=request.model, body=chat_body, origin=_RESPONSES_ORIGIN
                 ) as response,
             ):
@@ -448,7 +476,7 @@ class CompatLayers:
         )
         if request.store:
             self.responses.put(answer, conversation, input_items=request.input_items)
-        await self._openai_json(ex, answer, extra)
+        await self._json(ex, answer, extra)
 
     async def _responses_stream(
         self,
@@ -461,33 +489,18 @@ class CompatLayers:
         created_at: int,
     ) -> None:
         translator = _responses.StreamTranslator(request, response_id=response_id, created_at=created_at)
-        framer = SSEFramer()
         await ex.start_response(200, [(b"content-type", _SSE), (b"cache-control", b"no-cache"), *extra])
         await ex.send(b"".join(translator.start()))
-        while not translator.failed:
-            chunk = await response.receive()
-            if not chunk:
-                rest = framer.flush()
-                events = translator.feed(rest) if rest else []
-                await ex.send(b"".join([*events, *translator.finish()]))
-                break
-            events = [out for event in framer.feed(chunk) for out in translator.feed(event)]
-            if events:
-                await ex.send(b"".join(events))
+        await _send_translated(ex, response, translator, translator.finish)
         if request.store and not translator.failed:
             self.responses.put(translator.response, conversation, input_items=request.input_items)
-        # After an engine error the rest is not read: leaving closes the engine connection.
         await ex.end_response()
-
-    async def _openai_json(self, ex: Exchange, value: object, extra: Headers) -> None:
-        body = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-        await ex.respond(200, [(b"content-type", _JSON), *extra], body)
 
     async def responses_get(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
         answer = self.responses.get(route.ref)
         if answer is None:
             raise _responses.response_not_found()
-        await self._openai_json(ex, answer, extra)
+        await self._json(ex, answer, extra)
 
     async def responses_input_items(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
         items = self.responses.input_items(route.ref)
@@ -500,9 +513,9 @@ class CompatLayers:
             after=params.get("after", [""])[-1] or None,
             limit=params.get("limit", ["20"])[-1],
         )
-        await self._openai_json(ex, page, extra)
+        await self._json(ex, page, extra)
 
     async def responses_delete(self, ex: Exchange, route: Route, query: str, extra: Headers) -> None:
         if not self.responses.delete(route.ref):
             raise _responses.response_not_found()
-        await self._openai_json(ex, _responses.deleted_object(route.ref), extra)
+        await self._json(ex, _responses.deleted_object(route.ref), extra)

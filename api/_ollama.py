@@ -30,6 +30,7 @@ from typing import Any
 from modelrunner.api._errors import ApiError
 from modelrunner.api._gotime import go_time
 from modelrunner.api._openai import engine_error_message, engine_failure, json_kind, openai_model_object
+from modelrunner.api._sse import chunk_object, event_data, first_choice
 from modelrunner.distribution.progress import EventType, ProgressEvent
 from modelrunner.scheduler import RAM, parse_keep_alive
 
@@ -517,18 +518,11 @@ def _calls_of_message(tool_calls: object) -> list[tuple[str, str, str]]:
     return calls
 
 
-def _first_choice(completion: Mapping[str, Any]) -> Mapping[str, Any]:
-    choices = completion.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        return choices[0]
-    return {}
-
-
 def chat_response(
     model: str, completion: Mapping[str, Any], *, now: datetime, total_ns: int, load_ns: int
 ) -> dict[str, Any]:
     """A non-streamed `/api/chat` answer from an OpenAI chat completion."""
-    choice = _first_choice(completion)
+    choice = first_choice(completion)
     raw = choice.get("message")
     message = raw if isinstance(raw, dict) else {}
     out_message: dict[str, Any] = {"role": "assistant", "content": _text(message.get("content"))}
@@ -552,7 +546,7 @@ def generate_response(
     model: str, completion: Mapping[str, Any], *, now: datetime, total_ns: int, load_ns: int
 ) -> dict[str, Any]:
     """A non-streamed `/api/generate` answer from an OpenAI chat completion."""
-    choice = _first_choice(completion)
+    choice = first_choice(completion)
     raw = choice.get("message")
     message = raw if isinstance(raw, dict) else {}
     out: dict[str, Any] = {
@@ -616,14 +610,8 @@ class StreamTranslator:
     def feed(self, event: bytes) -> list[bytes]:
         if self.failed or self._finished:
             return []
-        data = _sse_data(event)
-        if data is None or data == b"[DONE]":
-            return []
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            return []  # not a JSON chunk (a keep-alive or comment): nothing to translate
-        if not isinstance(chunk, dict):
+        chunk = chunk_object(event_data(event))
+        if chunk is None:
             return []
         error = chunk.get("error")
         if error is not None:
@@ -631,7 +619,7 @@ class StreamTranslator:
             message = engine_error_message(json.dumps({"error": error}).encode()) or str(error)
             return [json_line({"error": message})]
         self.usage.update(chunk)
-        choice = _first_choice(chunk)
+        choice = first_choice(chunk)
         raw_delta = choice.get("delta")
         delta = raw_delta if isinstance(raw_delta, dict) else {}
         lines: list[bytes] = []
@@ -697,16 +685,6 @@ class StreamTranslator:
         line = self._line("", "")
         line["message"]["tool_calls"] = ollama_tool_calls(calls)
         return [json_line(line)]
-
-
-def _sse_data(event: bytes) -> bytes | None:
-    """The data of one SSE event (its `data:` lines joined), or None when it has none."""
-    parts: list[bytes] = []
-    for line in event.splitlines():
-        if line.startswith(b"data:"):
-            value = line[5:]
-            parts.append(value[1:] if value.startswith(b" ") else value)
-    return b"\n".join(parts) if parts else None
 
 
 # -- model listings ----------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from typing import Any
 
 from modelrunner.api._errors import ApiError
 from modelrunner.api._openai import engine_error_message, json_kind
+from modelrunner.api._sse import chunk_object, first_choice
 
 __all__ = [
     "RESPONSE_ID_PREFIX",
@@ -768,13 +769,6 @@ def _count(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
-def _first_choice(completion: Mapping[str, Any]) -> Mapping[str, Any]:
-    choices = completion.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        return choices[0]
-    return {}
-
-
 def _text(value: object) -> str:
     if isinstance(value, str):
         return value
@@ -795,7 +789,7 @@ def response_object(
     """The Response for a whole chat completion. Output items come in the order the model wrote
     them: reasoning, text, tool calls. A message item is there whenever there is text or nothing
     else, so a client looking for the answer always finds one."""
-    choice = _first_choice(completion)
+    choice = first_choice(completion)
     raw_message = choice.get("message")
     message: Mapping[str, Any] = raw_message if isinstance(raw_message, dict) else {}
     output: list[dict[str, Any]] = []
@@ -927,20 +921,15 @@ class StreamTranslator:
         data, error = _sse_fields(event)
         if error is not None:
             return self.fail(_stream_error_message(error))
-        if data is None or data.strip() == b"[DONE]":
-            return []
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            return []  # not a JSON chunk (a keep-alive or comment): nothing to translate
-        if not isinstance(chunk, dict):
+        chunk = chunk_object(data)
+        if chunk is None or data is None:
             return []
         if chunk.get("error") is not None:
             return self.fail(_stream_error_message(data))
         usage = _usage(chunk.get("usage"))
         if usage is not None:
             self._response["usage"] = usage
-        choice = _first_choice(chunk)
+        choice = first_choice(chunk)
         raw_delta = choice.get("delta")
         delta: Mapping[str, Any] = raw_delta if isinstance(raw_delta, dict) else {}
         out: list[bytes] = []

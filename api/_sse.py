@@ -12,14 +12,28 @@ whitespace), while a `"model":` that is *inside* a string value has its quotes e
 cannot match. Only the first match is replaced; llama-server's responses have no nested `model`
 key, and a later one would belong to a nested object. Parsing and re-serializing instead would
 cost milliseconds on large embedding responses and change their float formatting.
+
+`event_data`, `chunk_object` and `first_choice` read a chat-completion stream for the layers that
+translate it (Ollama, Responses).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["EventTooLarge", "ModelRewriter", "SSEFramer", "encode_model_name", "rewrite_model"]
+__all__ = [
+    "EventTooLarge",
+    "ModelRewriter",
+    "SSEFramer",
+    "chunk_object",
+    "encode_model_name",
+    "event_data",
+    "first_choice",
+    "rewrite_model",
+]
 
 _MODEL_VALUE = re.compile(rb'([{,]\s*"model"\s*:\s*)"(?:[^"\\]|\\.)*"')
 _TERMINATORS = (b"\n\n", b"\r\n\r\n", b"\r\r")
@@ -123,3 +137,36 @@ class SSEFramer:
     def pending(self) -> int:
         """Bytes held back waiting for the end of an event."""
         return len(self._buffer)
+
+
+# -- reading chat-completion streams ------------------------------------------------------------------
+
+
+def event_data(event: bytes) -> bytes | None:
+    """The data of one SSE event (its `data:` lines joined), or None when it has none."""
+    parts: list[bytes] = []
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            value = line[5:]
+            parts.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(parts) if parts else None
+
+
+def chunk_object(data: bytes | None) -> dict[str, Any] | None:
+    """The JSON object an event's data carries; None for `[DONE]`, a keep-alive or a comment, or
+    anything that is not a JSON object: there is nothing to translate in those."""
+    if data is None or data.strip() == b"[DONE]":
+        return None
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def first_choice(completion: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`choices[0]` of a completion or chunk, or {} when there is none."""
+    choices = completion.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return choices[0]
+    return {}
